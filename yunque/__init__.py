@@ -1,0 +1,29 @@
+"""yunque: from raw text to a language model of your own, served locally.
+
+The public names are imported lazily so that `yunque --help` and the tokenizer
+commands start without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "YunqueError": "yunque.errors",
+    "ModelConfig": "yunque.config",
+    "Tokenizer": "yunque.tokenizer",
+    "Transformer": "yunque.model",
+    "generate": "yunque.engine",
+    "generate_ids": "yunque.engine",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'yunque' has no attribute {name!r}")
