@@ -14,6 +14,7 @@ skipped. With `strip_gutenberg`, Project Gutenberg's header and licence are remo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -28,6 +29,7 @@ from yunque.errors import YunqueError
 BUILTIN_CORPUS = "python-docs"
 SUFFIXES = (".txt", ".md", ".jsonl")
 _COLLECT_TIMEOUT_S = 300
+log = logging.getLogger(__name__)
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
 _GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
@@ -136,7 +138,9 @@ def iter_documents(paths: Sequence[str | os.PathLike], strip_gutenberg: bool = F
 @lru_cache(maxsize=1)
 def _python_docs_pages() -> tuple[tuple[str, str], ...]:
     script = Path(__file__).with_name("_stdlib_docs.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYTHONSTARTUP")}
+    # A bare environment: no display to open windows on, nothing of the user's variables
+    # to leak into the corpus, and a fixed hash seed so that nothing depends on the run.
+    env = {"PATH": os.defpath, "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
     with tempfile.TemporaryDirectory(prefix="yunque-pydocs-") as tmp:
         out = Path(tmp) / "pages.json"
         reason = "it did not finish in time"
@@ -162,6 +166,9 @@ def _python_docs_pages() -> tuple[tuple[str, str], ...]:
                 f"Could not collect the built-in 'python-docs' corpus from this Python ({reason}); pass your own text files instead."
             )
         pages = json.loads(out.read_text(encoding="utf-8"))
+    size = sum(len(text.encode("utf-8")) for _, text in pages)
+    modules = sum(title.startswith("module ") for title, _ in pages)
+    log.info("python-docs: %d pages (%d help topics, %d modules), %.2f MB", len(pages), len(pages) - modules, modules, size / 1e6)
     return tuple((title, text) for title, text in pages)
 
 
