@@ -31,6 +31,8 @@ def test_directories_recursive_sorted_and_filtered(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "gamma"}\n')
     (tmp_path / "image.png").write_bytes(b"\x89PNG\xff\xfe")  # skipped inside a directory
     (tmp_path / "empty.txt").write_text("  \n")  # whitespace-only documents are skipped
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "notes.txt").write_text("hidden")  # hidden entries are skipped
     assert list(iter_documents([tmp_path])) == ["alpha", "zeta", "gamma"]
 
 

@@ -75,7 +75,11 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[Path | str]:
                 continue
             raise YunqueError(f"Input {path} does not exist; check the path (or use 'python-docs' for the built-in corpus).")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            # Hidden entries (.git, editors' backups, yunque's own temporary directories) are not corpus.
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not files:
                 raise YunqueError(f"Directory {path} holds no .txt, .md or .jsonl files; point at a directory of text.")
             found.extend(files)
@@ -118,7 +122,7 @@ def iter_documents(paths: Sequence[str | os.PathLike], strip_gutenberg: bool = F
     """Yield the normalised documents of `paths` (files, directories, or 'python-docs') in order.
 
     Directories are walked recursively in sorted order, taking .txt, .md and .jsonl files
-    and skipping others. All paths are checked before the first document is yielded.
+    and skipping others and hidden ones. All paths are checked before the first document is yielded.
     """
     sources = _expand(paths)
     count = 0
