@@ -256,19 +256,32 @@ def _importable(path: Path) -> bool:
 def _write_entry(dest: ModelName, fill, settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
     """Build an entry in a temporary directory with `fill(tmp)`, write its settings, rename it into place."""
     path = dest.path()
-    with atomic_dir(path, overwrite=True) as tmp:
-        fill(tmp)
-        entry = ModelEntry(
-            name=dest,
-            path=path,
-            settings=settings,
-            digest=digest or weights_digest(tmp),
-            modified=_now(),
-            size=_dir_size(tmp),
-            details=_details(tmp, parent),
-        )
-        write_text_atomic(tmp / SETTINGS_FILE, json.dumps(entry.to_json(), indent=2) + "\n")
+    try:
+        with atomic_dir(path, overwrite=True) as tmp:
+            fill(tmp)
+            entry = ModelEntry(
+                name=dest,
+                path=path,
+                settings=settings,
+                digest=digest or weights_digest(tmp),
+                modified=_now(),
+                size=_dir_size(tmp),
+                details=_details(tmp, parent),
+            )
+            write_text_atomic(tmp / SETTINGS_FILE, json.dumps(entry.to_json(), indent=2) + "\n")
+    except BaseException:
+        _prune_empty_parents(path)
+        raise
     return entry
+
+
+def _prune_empty_parents(path: Path) -> None:
+    """Remove the model and namespace folders above `path` if nothing else lives in them."""
+    for parent in (path.parent, path.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: other tags or models live there
 
 
 def import_model(src_dir: str | os.PathLike, name: str) -> ModelEntry:
@@ -372,11 +385,7 @@ def delete(name: str) -> None:
     trash = entry.path.with_name(f".{entry.path.name}.deleting-{os.getpid()}")
     os.replace(entry.path, trash)  # one rename: the entry is gone at once, whatever happens next
     shutil.rmtree(trash, ignore_errors=True)
-    for parent in (entry.path.parent, entry.path.parent.parent):
-        try:
-            parent.rmdir()
-        except OSError:
-            break  # not empty: other tags or models live there
+    _prune_empty_parents(entry.path)
 
 
 def list_models() -> list[ModelEntry]:
