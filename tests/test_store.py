@@ -208,3 +208,56 @@ def test_resolve_prefers_store_names_and_accepts_directories(tmp_path: Path, hf_
     assert store.resolve("./src").name is None
     with pytest.raises(YunqueError, match="neither a model name"):
         store.resolve("no such thing!")
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from yunque.cli import main
+
+    monkeypatch.setattr("sys.argv", ["yunque", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_cli_store_verbs(tmp_path: Path, hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny")[0] == 0
+    (tmp_path / "Modelfile").write_text('FROM tiny\nPARAMETER temperature 0.3\nSYSTEM """Be a pirate."""\nLICENSE MIT\n')
+    assert _cli(monkeypatch, capsys, "create", "pirate", "-f", "Modelfile")[0] == 0
+    assert _cli(monkeypatch, capsys, "cp", "pirate", "me/pirate:v2")[0] == 0
+    code, out, _ = _cli(monkeypatch, capsys, "list")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    digest = store.get("tiny").short_id
+    assert sorted(line.split()[:2] for line in lines[1:]) == sorted([["me/pirate:v2", digest], ["pirate:latest", digest], ["tiny:latest", digest]])
+    code, out, _ = _cli(monkeypatch, capsys, "show", "pirate", "--modelfile")
+    assert code == 0 and "FROM pirate:latest" in out and 'SYSTEM """Be a pirate."""' in out
+    (tmp_path / "Again").write_text(out)  # show --modelfile output is itself a valid Modelfile
+    assert _cli(monkeypatch, capsys, "create", "again", "-f", "Again")[0] == 0
+    assert store.get("again").settings.system == "Be a pirate."
+    assert _cli(monkeypatch, capsys, "show", "pirate", "--parameters")[1].split() == ["temperature", "0.3", "stop", '"<|end|>"']
+    assert _cli(monkeypatch, capsys, "show", "pirate", "--system")[1] == "Be a pirate.\n"
+    assert _cli(monkeypatch, capsys, "show", "pirate", "--license")[1] == "MIT\n"
+    assert "<|assistant|>" in _cli(monkeypatch, capsys, "show", "pirate", "--template")[1]
+    out = _cli(monkeypatch, capsys, "show", "pirate")[1]
+    assert "architecture        llama" in out and "Be a pirate." in out
+    code, _, err = _cli(monkeypatch, capsys, "rm", "tiny", "nope")
+    assert code == 1 and "nope:latest is not in the store" in err and "Traceback" not in err
+    assert store.get("tiny")  # nothing removed when one name is wrong
+    assert _cli(monkeypatch, capsys, "rm", "tiny", "pirate")[0] == 0
+    assert sorted(_entries()) == ["again:latest", "me/pirate:v2"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["import", "nowhere", "x"], "not a directory"),
+        (["create", "x", "-f", "missing"], "Cannot read the Modelfile"),
+        (["cp", "a", "../b"], "Invalid model name"),
+        (["show", "x", "--system", "--license"], "at most one"),
+    ],
+)
+def test_cli_errors_are_one_sentence_exit_1(args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    code, _, err = _cli(monkeypatch, capsys, *args)
+    assert code == 1 and message in " ".join(err.split()) and "Traceback" not in err

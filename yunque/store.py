@@ -78,8 +78,11 @@ def parse_name(name: str) -> ModelName:
 
     if not isinstance(name, str) or not name.strip():
         raise bad("it is empty")
-    if "\0" in name or "\\" in name or ".." in name or name.startswith(("/", "~")):
-        raise bad("it contains a NUL, a backslash, '..', or starts like a path")
+    for needle, why in (("\0", "it contains a NUL character"), ("\\", "it contains a backslash"), ("..", "it contains '..'")):
+        if needle in name:
+            raise bad(why)
+    if name.startswith(("/", "~")):
+        raise bad("it starts like a path (use `./dir` or a full path where a directory is meant)")
     text = name.strip().lower()
     base, sep, tag = text.partition(":")
     if sep and not tag:
@@ -217,6 +220,11 @@ def _safetensors_stats(model_dir: Path) -> tuple[int, str]:
     return count, "/".join(sorted(dtypes))
 
 
+# config.json keys for the same quantity differ by family (GPT-2 names first, then Llama's).
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
+_EMBEDDING_KEYS = ("n_embd", "hidden_size", "d_model")
+
+
 def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
     config = _read_json(model_dir / "config.json")
     count, dtypes = _safetensors_stats(model_dir)
@@ -227,6 +235,8 @@ def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
         "parameter_count": count,
         "parameter_size": human_count(count),
         "quantization_level": dtypes,
+        "context_length": next((config[k] for k in _CONTEXT_KEYS if k in config), None),
+        "embedding_length": next((config[k] for k in _EMBEDDING_KEYS if k in config), None),
     }
 
 
@@ -346,7 +356,7 @@ def resolve(name_or_path: str, base_dir: str | os.PathLike | None = None) -> Mod
             raise YunqueError(f"{text!r} is neither a model name in the store nor a directory; see `yunque list`.")
     path = validate_model_dir(base / Path(text).expanduser())
     settings = _load_entry(None, path).settings if (path / SETTINGS_FILE).is_file() else Modelfile(from_=str(path))
-    return ModelEntry(None, path, settings)
+    return ModelEntry(None, path, settings, size=_dir_size(path), details=_details(path, None))
 
 
 def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = None) -> ModelEntry:
@@ -373,7 +383,8 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
 
 def copy(src: str, dst: str) -> ModelEntry:
     """Copy `src` to `dst` (hard links: no extra space); an existing `dst` is replaced."""
-    entry, dest = get(src), parse_name(dst)
+    dest = parse_name(dst)  # a bad destination is reported before a missing source
+    entry = get(src)
     if dest == entry.name:
         raise YunqueError(f"Cannot copy {entry.name} onto itself; choose another destination name.")
     return _write_entry(dest, lambda tmp: _link_files(entry.path, tmp), entry.settings, entry.digest, entry.details.get("parent_model"))
