@@ -197,3 +197,8 @@ def test_greedy_generation_config_means_temperature_zero(tmp_path: Path) -> None
     (d / "generation_config.json").write_text(json.dumps({"temperature": -1}))
     with pytest.raises(YunqueError, match="temperature"):
         chat_settings(str(d))
+
+
+def test_go_json_and_print_follow_go_semantics() -> None:
+    data = {"Tools": [{"name": "<a&b>"}], "S": "x"}
+    assert render_go_template("{{ json .Tools }}|{{ print .S 1 2 .S }}", data) == '[{"name":"\\u003ca\\u0026b\\u003e"}]|x1 2x'

@@ -141,8 +141,26 @@ def _go_str(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False)
+        return _go_json(v)  # Ollama's tool types print themselves as JSON
     return str(v)
+
+
+def _go_json(v: Any) -> str:
+    """Go's json.Marshal: compact, and HTML-safe (<, >, & and line separators escaped)."""
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
+def _print(*args: Any) -> str:
+    """Go's fmt.Sprint: a space between operands only when neither is a string."""
+    out = []
+    for i, a in enumerate(args):
+        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out.append(" ")
+        out.append(_go_str(a))
+    return "".join(out)
 
 
 def _slice(v: Any, *idx: int) -> Any:
@@ -166,8 +184,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "len": len,
     "index": _index,
     "slice": _slice,
-    "print": lambda *a: " ".join(_go_str(x) for x in a),
-    "json": lambda a: json.dumps(a, ensure_ascii=False, separators=(",", ":")),
+    "print": _print,
+    "json": _go_json,
     "currentDate": lambda: dt.date.today().isoformat(),
 }
 
@@ -178,7 +196,6 @@ def _snake(name: str) -> str:
 
 class _Renderer:
     def __init__(self, root_data: dict[str, Any], cut_at_response: bool):
-        self.root = root_data
         self.cut = cut_at_response
         self.scopes: list[dict[str, Any]] = [{"$": root_data}]
         self.out: list[str] = []
