@@ -261,3 +261,12 @@ def test_cli_store_verbs(tmp_path: Path, hf_dir: Path, monkeypatch: pytest.Monke
 def test_cli_errors_are_one_sentence_exit_1(args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     code, _, err = _cli(monkeypatch, capsys, *args)
     assert code == 1 and message in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_create_can_replace_its_own_base(hf_dir: Path) -> None:
+    base = store.import_model(hf_dir, "tiny")
+    weights = (base.path / "model.safetensors").read_bytes()
+    again = store.create("tiny", "FROM tiny\nPARAMETER temperature 0.4\n")
+    assert again.settings.parameters == {"temperature": 0.4}
+    assert (again.path / "model.safetensors").read_bytes() == weights
+    assert _entries() == ["tiny:latest"]

@@ -27,7 +27,7 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
@@ -263,7 +263,7 @@ def _importable(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix not in _PICKLE_SUFFIXES and path.name != SETTINGS_FILE
 
 
-def _write_entry(dest: ModelName, fill, settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
+def _write_entry(dest: ModelName, fill: Callable[[Path], None], settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
     """Build an entry in a temporary directory with `fill(tmp)`, write its settings, rename it into place."""
     path = dest.path()
     try:
