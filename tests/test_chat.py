@@ -202,3 +202,74 @@ def test_greedy_generation_config_means_temperature_zero(tmp_path: Path) -> None
 def test_go_json_and_print_follow_go_semantics() -> None:
     data = {"Tools": [{"name": "<a&b>"}], "S": "x"}
     assert render_go_template("{{ json .Tools }}|{{ print .S 1 2 .S }}", data) == '[{"name":"\\u003ca\\u0026b\\u003e"}]|x1 2x'
+
+
+def test_ollama_collate_merges_consecutive_turns_but_not_tool_results() -> None:
+    t = "{{ .System }}|{{ range .Messages }}{{ .Role }}:{{ .Content }};{{ end }}"
+    msgs = [{"role": "system", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "u1"}, {"role": "user", "content": "u2"},
+            {"role": "tool", "content": "t1"}, {"role": "tool", "content": "t2"}]
+    assert render_ollama(t, msgs) == "a\n\nb|system:a\n\nb;user:u1\n\nu2;tool:t1;tool:t2;"
+
+
+# Ollama's qwen2.5 library template (tool prose trimmed): both styles in one, with tools and tool calls.
+OLLAMA_QWEN25 = """{{- if .Messages }}
+{{- if or .System .Tools }}<|im_start|>system
+{{- if .System }}
+{{ .System }}
+{{- end }}
+{{- if .Tools }}
+
+# Tools
+
+<tools>
+{{- range .Tools }}
+{"type": "function", "function": {{ .Function }}}
+{{- end }}
+</tools>
+{{- end }}<|im_end|>
+{{ end }}
+{{- range $i, $_ := .Messages }}
+{{- $last := eq (len (slice $.Messages $i)) 1 -}}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ if .Content }}{{ .Content }}
+{{- else if .ToolCalls }}<tool_call>
+{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}
+{{ end }}</tool_call>
+{{- end }}{{ if not $last }}<|im_end|>
+{{ end }}
+{{- else if eq .Role "tool" }}<|im_start|>user
+<tool_response>
+{{ .Content }}
+</tool_response><|im_end|>
+{{ end }}
+{{- if and (ne .Role "assistant") $last }}<|im_start|>assistant
+{{ end }}
+{{- end }}
+{{- else }}
+{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}{{ if .Prompt }}<|im_start|>user
+{{ .Prompt }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
+
+
+def test_ollama_tool_template() -> None:
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "add 1"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "add", "arguments": {"a": 1}}}]},
+        {"role": "tool", "content": "2"},
+    ]
+    text = render_ollama(OLLAMA_QWEN25, msgs, tools=[{"type": "function", "function": {"name": "add", "parameters": {}}}])
+    assert text == (
+        "<|im_start|>system\nS\n\n# Tools\n\n<tools>\n"
+        '{"type": "function", "function": {"name":"add","parameters":{}}}\n</tools><|im_end|>\n'
+        "<|im_start|>user\nadd 1<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a":1}}\n</tool_call><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n2\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    legacy = render_ollama(OLLAMA_QWEN25.replace(".Messages", ".Nothing").replace("{{- if .Nothing }}", "{{- if false }}"), msgs[:2])
+    assert legacy == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nadd 1<|im_end|>\n<|im_start|>assistant\n"

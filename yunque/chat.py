@@ -118,12 +118,12 @@ def render_chat(
 
 
 def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Ollama's collate: merge consecutive messages of one role; also return all system text."""
+    """Ollama's collate: merge consecutive messages of one role (tool results excepted); also return all system text."""
     merged: list[dict[str, Any]] = []
     for m in messages:
         msg = {"role": m["role"], "content": m.get("content") or "", "tool_calls": m.get("tool_calls") or [], "images": m.get("images") or [],
                "thinking": m.get("thinking") or "", "tool_name": m.get("tool_name") or ""}
-        if merged and merged[-1]["role"] == msg["role"] and msg["role"] in ("system", "user"):
+        if merged and merged[-1]["role"] == msg["role"] and msg["role"] != "tool":
             merged[-1]["content"] += "\n\n" + msg["content"]
         else:
             merged.append(msg)
