@@ -16,7 +16,8 @@ def make_hf_dir(path: Path, seed: int = 0, shards: int = 1, tokenizer_config: di
     """Write config.json, safetensors weights, tokenizer.json (+ optional configs) into `path`."""
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 64, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 16}))
+    config = {"model_type": "llama", "vocab_size": 64, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 16}
+    (path / "config.json").write_text(json.dumps(config))
     tensors = {"model.embed_tokens.weight": rng.standard_normal((64, 8), dtype=np.float32), "lm_head.weight": rng.standard_normal((64, 8), dtype=np.float32)}
     if shards == 1:
         save_file(tensors, str(path / "model.safetensors"))

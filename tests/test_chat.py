@@ -169,7 +169,8 @@ def test_precedence_modelfile_over_model_over_default(tmp_path: Path) -> None:
     s = chat_settings(plain)
     assert (s.source, s.template, s.kind, s.stop) == ("default", DEFAULT_CHAT_TEMPLATE, "jinja", ["<|end|>"])
 
-    own = make_hf_dir(tmp_path / "own", tokenizer_config={"chat_template": CHATML, "eos_token": {"content": "<|im_end|>"}}, generation_config={"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1})
+    generation = {"temperature": 0.6, "top_p": 0.9, "repetition_penalty": 1.1}
+    own = make_hf_dir(tmp_path / "own", tokenizer_config={"chat_template": CHATML, "eos_token": {"content": "<|im_end|>"}}, generation_config=generation)
     store.import_model(own, "own")
     s = chat_settings("own")
     assert (s.source, s.template, s.stop, s.eos_token) == ("model", CHATML, ["<|im_end|>"], "<|im_end|>")

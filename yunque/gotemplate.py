@@ -11,6 +11,7 @@ unsupported template fails loudly instead of producing a wrong prompt.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -340,17 +341,15 @@ class _Renderer:
 
 
 def render_go_template(template: str, data: dict[str, Any], cut_at_response: bool = False) -> str:
-    """Render `template` with `data` (a dict of Go-style capitalised fields).
+    """Render `template` with `data` (Go-style capitalised fields, or JSON keys they map to).
 
     With `cut_at_response`, output stops where `.Response` is first reached, as Ollama does
     for the turn the model is about to answer.
     """
     root = _parse(template)
     r = _Renderer(data, cut_at_response)
-    try:
+    with contextlib.suppress(_Cut):
         r.nodes(root.body, data)
-    except _Cut:
-        pass
     return "".join(r.out)
 
 
