@@ -152,6 +152,8 @@ def test_go_template_features() -> None:
         ("{{ if .System }}x", "never closed"),
         ("x{{ end }}", "no matching"),
         ("{{ $x }}", "before defining"),
+        ("{{ if .System }}a{{ else with .System }}b{{ end }}", "else with"),
+        ("{{ .System | printf }}", "printf"),
     ],
 )
 def test_unsupported_go_constructs_are_clear_errors(template: str, message: str) -> None:

@@ -27,6 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yunque.errors import YunqueError
 from yunque.gotemplate import looks_like_go, render_go_template, uses_messages
 from yunque.modelfile import check_parameters
+from yunque.store import ModelEntry, resolve
 
 # The chat special tokens of yunque's tokenizer.
 SYSTEM, USER, ASSISTANT, TOOL = "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"
@@ -231,8 +232,6 @@ def chat_settings(model: Any) -> ChatSettings:
     Stop strings: the Modelfile's `stop`; otherwise `<|end|>` for the default template, or the
     tokenizer's eos token text for a model's own template.
     """
-    from yunque.store import ModelEntry, resolve
-
     entry = model if isinstance(model, ModelEntry) else resolve(str(model))
     settings = entry.settings
     tok_config = _read_optional_json(entry.path / "tokenizer_config.json")

@@ -45,7 +45,7 @@ def _unsupported(what: str) -> YunqueError:
 class _Block:
     kind: str  # "root", "if", "range", "with"
     expr: list = field(default_factory=list)  # the pipeline tokens (for range: after the declaration)
-    decl: list[str] = field(default_factory=list)  # range/with variable names
+    decl: list[str] = field(default_factory=list)  # range variables ($i, $m :=)
     body: list = field(default_factory=list)
     orelse: list = field(default_factory=list)  # else branch (may hold one nested "if" for `else if`)
 
@@ -110,6 +110,8 @@ def _parse(template: str) -> _Block:
                 nested = _Block("if", _tokens(rest[3:]))
                 block.orelse.append(nested)
                 stack[-1] = (nested, nested.body)  # one {{ end }} closes the whole else-if chain
+            elif rest:
+                raise _unsupported(f"{{{{ else {rest.split()[0]} }}}}")
             else:
                 stack[-1] = (block, block.orelse)
         elif word == "end":
