@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from store_fakes import make_hf_dir
 
 from yunque import store
@@ -58,6 +60,28 @@ def test_every_accepted_name_stays_inside_the_store() -> None:
     for text in ["a", "a.b-c_d:e.f", "ns/m:t", "9/9:9"]:
         path = parse_name(text).path().resolve()
         assert root in path.parents
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("aZ09_-.:/\\~ \0"), max_size=12) | st.text(max_size=12))
+def test_any_text_is_refused_or_maps_inside_the_store(text: str) -> None:
+    root = store.store_root()
+    try:
+        name = parse_name(text)
+    except YunqueError:
+        return
+    rel = name.path(root).relative_to(root)
+    assert rel.parts[0] == "models" and len(rel.parts) == 4
+    assert all(p not in ("", ".", "..") and not p.startswith(".") for p in rel.parts)
+    assert parse_name(str(name)) == name
+
+
+def test_store_root_follows_yunque_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("YUNQUE_HOME", str(tmp_path / "elsewhere"))
+    assert parse_name("a").path() == tmp_path / "elsewhere" / "models" / "library" / "a" / "latest"
+    monkeypatch.delenv("YUNQUE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert store.store_root() == tmp_path / ".yunque"
 
 
 def test_import_copies_files_and_records_digest(hf_dir: Path) -> None:
