@@ -276,3 +276,10 @@ def test_ollama_tool_template() -> None:
     )
     legacy = render_ollama(OLLAMA_QWEN25.replace(".Messages", ".Nothing").replace("{{- if .Nothing }}", "{{- if false }}"), msgs[:2])
     assert legacy == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nadd 1<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("bad", [[{"content": "no role"}], ["text"]])
+def test_messages_without_a_role_are_user_errors(bad: list) -> None:
+    for render in (lambda: render_chat(bad), lambda: render_ollama(OLLAMA_CHATML, bad)):
+        with pytest.raises(YunqueError, match="needs a 'role'"):
+            render()

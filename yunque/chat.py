@@ -90,6 +90,12 @@ def _compile(template: str) -> jinja2.Template:
         raise YunqueError(f"The chat template has a syntax error on line {e.lineno}: {e.message}; fix the template.") from None
 
 
+def _check_messages(messages: list[dict[str, Any]]) -> None:
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise YunqueError(f"Each chat message needs a 'role' and 'content', got {m!r}.")
+
+
 def render_chat(
     messages: list[dict[str, Any]],
     template: str | None = None,
@@ -100,9 +106,7 @@ def render_chat(
     **extra: Any,
 ) -> str:
     """Render a jinja2 chat template (default: yunque's) as transformers' apply_chat_template does."""
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m:
-            raise YunqueError(f"Each chat message needs a 'role' and 'content', got {m!r}.")
+    _check_messages(messages)
     try:
         return _compile(template or DEFAULT_CHAT_TEMPLATE).render(
             messages=messages,
@@ -137,8 +141,10 @@ def render_ollama(template: str, messages: list[dict[str, Any]], tools: list[dic
 
     Templates that use `.Messages` see the whole conversation at once. Older ones (System /
     Prompt / Response) are rendered once per user turn, and the last rendering stops at
-    `.Response`, where the model's answer begins.
+    `.Response`, where the model's answer begins (Go templates always end with the
+    generation prompt; Ollama has no switch for it).
     """
+    _check_messages(messages)
     system, merged = _collate(messages)
     base = {"Suffix": "", "Think": False, "IsThinkSet": False, "ThinkLevel": "", "Tools": tools or [], "Prompt": "", "Response": ""}
     if uses_messages(template):
