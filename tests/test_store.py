@@ -196,6 +196,8 @@ def test_create_from_a_directory_relative_to_the_modelfile(tmp_path: Path, hf_di
         store.create("x", "FROM missing\n", base_dir=tmp_path)
     with pytest.raises(YunqueError, match="not a directory"):
         store.create("x", "FROM ./missing\n", base_dir=tmp_path)
+    with pytest.raises(YunqueError, match="GGUF"):
+        store.create("x", "FROM ./model.Q4_K_M.gguf\n", base_dir=tmp_path)
 
 
 def test_copy_and_list(hf_dir: Path) -> None:

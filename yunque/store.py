@@ -163,6 +163,8 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
     Loading the weights is left to the caller: this module does not import torch.
     """
     path = Path(src).expanduser()
+    if path.suffix.lower() == ".gguf":
+        raise YunqueError(f"{src} is a GGUF file, which yunque does not load; use the model's Hugging Face directory (config.json + *.safetensors).")
     if not path.is_dir():
         raise YunqueError(f"{src} is not a directory; give the path of a Hugging Face model directory.")
     config = _read_json(path / "config.json")
