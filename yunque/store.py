@@ -1,0 +1,417 @@
+"""The local model store: named Hugging Face model directories under `~/.yunque`, Ollama style.
+
+Layout (docs/architecture.md has the why):
+
+    $YUNQUE_HOME/models/<namespace>/<model>/<tag>/     one complete HF model directory
+        config.json  *.safetensors  tokenizer.json  tokenizer_config.json  generation_config.json ...
+        modelfile.json                                 yunque's settings for this entry (see `ModelEntry`)
+
+A name is `model`, `model:tag` or `namespace/model:tag`; the namespace defaults to `library`
+and the tag to `latest`, as in Ollama. Entries derived from another (`create` FROM a store
+model, `copy`) hard-link the base's files, so they cost no extra space and survive `delete`
+of the base (a file's data lives while any link to it does). Files in the store are never
+modified in place, which is what makes sharing them by hard link safe.
+
+Every operation builds the new entry in a temporary sibling directory and renames it into
+place, so a failure part-way leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from yunque.errors import YunqueError
+from yunque.fsutil import atomic_dir, write_text_atomic
+from yunque.modelfile import Modelfile, parse_modelfile
+
+SETTINGS_FILE = "modelfile.json"
+STORE_FORMAT = 1
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+# Ollama's rules, lower-cased: a part starts with a letter or digit (so never "." or ".."),
+# then letters, digits, "_", "-" and "."; a tag may also start with "_".
+_PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
+_TAG = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,79}")
+# Files that may run code when loaded are never taken into the store.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.model",))
+
+
+def store_root() -> Path:
+    """The store's root: `$YUNQUE_HOME`, or `~/.yunque`."""
+    return Path(os.environ.get("YUNQUE_HOME") or Path.home() / ".yunque").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A validated model name; `str()` gives the short form (`model:tag`, or `ns/model:tag`)."""
+
+    namespace: str
+    model: str
+    tag: str
+
+    def __str__(self) -> str:
+        base = self.model if self.namespace == DEFAULT_NAMESPACE else f"{self.namespace}/{self.model}"
+        return f"{base}:{self.tag}"
+
+    def path(self, root: Path | None = None) -> Path:
+        return (root or store_root()) / "models" / self.namespace / self.model / self.tag
+
+
+def parse_name(name: str) -> ModelName:
+    """Validate and normalise a model name; anything that could leave the store is refused."""
+
+    def bad(why: str) -> YunqueError:
+        return YunqueError(
+            f"Invalid model name {name!r}: {why}; use `model`, `model:tag` or `namespace/model:tag` "
+            "with letters, digits, '_', '-' and '.' (starting with a letter or digit)."
+        )
+
+    if not isinstance(name, str) or not name.strip():
+        raise bad("it is empty")
+    for needle, why in (("\0", "it contains a NUL character"), ("\\", "it contains a backslash"), ("..", "it contains '..'")):
+        if needle in name:
+            raise bad(why)
+    if name.startswith(("/", "~")):
+        raise bad("it starts like a path (use `./dir` or a full path where a directory is meant)")
+    text = name.strip().lower()
+    base, sep, tag = text.partition(":")
+    if sep and not tag:
+        raise bad("the tag after ':' is empty")
+    tag = tag or DEFAULT_TAG
+    parts = base.split("/")
+    if len(parts) > 2:
+        raise bad("it has more than one '/'")
+    namespace, model = parts if len(parts) == 2 else (DEFAULT_NAMESPACE, parts[0])
+    for part in (namespace, model):
+        if not _PART.fullmatch(part):
+            raise bad(f"{part!r} is not a valid name part" if part else "a part is empty")
+    if not _TAG.fullmatch(tag):
+        raise bad(f"{tag!r} is not a valid tag")
+    return ModelName(namespace, model, tag)
+
+
+@dataclass
+class ModelEntry:
+    """One model: its directory (an HF layout) and the settings yunque keeps beside it.
+
+    `name` is None for a plain directory used directly (see `resolve`).
+    """
+
+    name: ModelName | None
+    path: Path
+    settings: Modelfile
+    digest: str = ""
+    modified: str = ""
+    size: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return _read_json(self.path / "config.json")
+
+    @property
+    def short_id(self) -> str:
+        """The first 12 hex digits of the weights digest, as `yunque list` shows it."""
+        return self.digest.removeprefix("sha256:")[:12]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STORE_FORMAT,
+            "name": str(self.name) if self.name else None,
+            "modified": self.modified,
+            "digest": self.digest,
+            "size": self.size,
+            "details": self.details,
+            **self.settings.to_dict(),
+        }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise YunqueError(f"{path} is missing; the model directory is incomplete.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise YunqueError(f"{path} is not valid JSON ({e}); fix or replace the file.") from None
+    if not isinstance(data, dict):
+        raise YunqueError(f"{path} must hold a JSON object; fix or replace the file.")
+    return data
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())
+
+
+def validate_model_dir(src: str | os.PathLike) -> Path:
+    """Check that `src` looks like an HF model directory yunque can load; return it resolved.
+
+    Needs config.json, safetensors weights (all shards an index names) and tokenizer files.
+    Loading the weights is left to the caller: this module does not import torch.
+    """
+    path = Path(src).expanduser()
+    if path.suffix.lower() == ".gguf":
+        raise YunqueError(f"{src} is a GGUF file, which yunque does not load; use the model's Hugging Face directory (config.json + *.safetensors).")
+    if not path.is_dir():
+        raise YunqueError(f"{src} is not a directory; give the path of a Hugging Face model directory.")
+    config = _read_json(path / "config.json")
+    if not _weight_files(path):
+        pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        hint = f" (found {', '.join(pickles[:3])}: pickled weights are not accepted, convert them to safetensors)" if pickles else ""
+        raise YunqueError(f"{src} has no *.safetensors weights{hint}; export the model in safetensors format first.")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(_read_json(index).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise YunqueError(f"{src} is missing weight shard(s) {', '.join(missing)} named by model.safetensors.index.json; download them again.")
+    if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
+        raise YunqueError(f"{src} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or tokenizer.model); save the tokenizer into the model directory.")
+    if not isinstance(config.get("model_type", ""), str):
+        raise YunqueError(f"{path / 'config.json'} has a non-text model_type; fix the file.")
+    return path.resolve()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(model_dir: Path) -> str:
+    """sha256 of the `sha256sum`-style listing of the weight files (`<hex>  <name>` lines, by name).
+
+    So `sha256sum *.safetensors | sha256sum` (C locale) in the directory gives the same hex.
+    """
+    listing = "".join(f"{_sha256(p)}  {p.name}\n" for p in _weight_files(model_dir))
+    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _safetensors_stats(model_dir: Path) -> tuple[int, str]:
+    """(parameter count, dtypes) read from the safetensors headers alone; no weights are loaded."""
+    count, dtypes = 0, set()
+    for p in _weight_files(model_dir):
+        with open(p, "rb") as f:
+            try:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+            except (struct.error, ValueError, UnicodeDecodeError):
+                raise YunqueError(f"{p} is not a valid safetensors file; export the weights again.") from None
+        for key, info in header.items():
+            if key != "__metadata__":
+                numel = 1
+                for d in info["shape"]:
+                    numel *= d
+                count += numel
+                dtypes.add(info["dtype"])
+    return count, "/".join(sorted(dtypes))
+
+
+# config.json keys for the same quantity differ by family (GPT-2 names first, then Llama's).
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
+_EMBEDDING_KEYS = ("n_embd", "hidden_size", "d_model")
+
+
+def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
+    config = _read_json(model_dir / "config.json")
+    count, dtypes = _safetensors_stats(model_dir)
+    return {
+        "parent_model": parent or "",
+        "format": "safetensors",
+        "family": config.get("model_type") or "unknown",
+        "parameter_count": count,
+        "parameter_size": human_count(count),
+        "quantization_level": dtypes,
+        "context_length": next((config[k] for k in _CONTEXT_KEYS if k in config), None),
+        "embedding_length": next((config[k] for k in _EMBEDDING_KEYS if k in config), None),
+    }
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link (no extra space); copy where the filesystem cannot link."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _importable(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix not in _PICKLE_SUFFIXES and path.name != SETTINGS_FILE
+
+
+def _write_entry(dest: ModelName, fill: Callable[[Path], None], settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
+    """Build an entry in a temporary directory with `fill(tmp)`, write its settings, rename it into place."""
+    path = dest.path()
+    try:
+        with atomic_dir(path, overwrite=True) as tmp:
+            fill(tmp)
+            entry = ModelEntry(
+                name=dest,
+                path=path,
+                settings=settings,
+                digest=digest or weights_digest(tmp),
+                modified=_now(),
+                size=_dir_size(tmp),
+                details=_details(tmp, parent),
+            )
+            write_text_atomic(tmp / SETTINGS_FILE, json.dumps(entry.to_json(), indent=2) + "\n")
+    except BaseException:
+        _prune_empty_parents(path)
+        raise
+    return entry
+
+
+def _prune_empty_parents(path: Path) -> None:
+    """Remove the model and namespace folders above `path` if nothing else lives in them."""
+    for parent in (path.parent, path.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: other tags or models live there
+
+
+def import_model(src_dir: str | os.PathLike, name: str) -> ModelEntry:
+    """Copy an HF model directory into the store as `name` (replacing an entry of that name)."""
+    dest = parse_name(name)
+    src = validate_model_dir(src_dir)
+    return _write_entry(dest, lambda tmp: _copy_files(src, tmp), Modelfile(from_=str(src)), None, str(src))
+
+
+def _copy_files(src: Path, tmp: Path) -> None:
+    for p in sorted(src.iterdir()):
+        if _importable(p):
+            shutil.copy2(p, tmp / p.name)
+
+
+def _link_files(src: Path, tmp: Path) -> None:
+    for p in sorted(src.iterdir()):
+        if _importable(p):
+            _link_or_copy(p, tmp / p.name)
+
+
+def _load_entry(name: ModelName, path: Path) -> ModelEntry:
+    data = _read_json(path / SETTINGS_FILE)
+    try:
+        settings = Modelfile.from_dict(data)
+    except KeyError:
+        raise YunqueError(f"{path / SETTINGS_FILE} lacks its FROM entry; remove the model with `yunque rm {name}` and create it again.") from None
+    return ModelEntry(name, path, settings, data.get("digest", ""), data.get("modified", ""), data.get("size", 0), data.get("details", {}))
+
+
+def get(name: str) -> ModelEntry:
+    """The store entry called `name`."""
+    parsed = parse_name(name)
+    path = parsed.path()
+    if not (path / SETTINGS_FILE).is_file():
+        raise YunqueError(f"Model {parsed} is not in the store; see `yunque list`, or add it with `yunque import` or `yunque create`.")
+    return _load_entry(parsed, path)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or text in (".", "..") or "\\" in text or os.path.isabs(text)
+
+
+def resolve(name_or_path: str, base_dir: str | os.PathLike | None = None) -> ModelEntry:
+    """A store entry by name, or a plain model directory (relative paths against `base_dir`).
+
+    Text that starts like a path (`/`, `./`, `../`, `~`) is always a directory; otherwise a
+    store name wins over a directory of the same name.
+    """
+    text = name_or_path.strip()
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if not _looks_like_path(text):
+        try:
+            parsed = parse_name(text)
+        except YunqueError:
+            parsed = None
+        if parsed and (parsed.path() / SETTINGS_FILE).is_file():
+            return _load_entry(parsed, parsed.path())
+        if not (base / text).is_dir():
+            if parsed:
+                raise YunqueError(f"Model {parsed} is not in the store and {base / text} is not a directory; see `yunque list`.")
+            raise YunqueError(f"{text!r} is neither a model name in the store nor a directory; see `yunque list`.")
+    path = validate_model_dir(base / Path(text).expanduser())
+    settings = _load_entry(None, path).settings if (path / SETTINGS_FILE).is_file() else Modelfile(from_=str(path))
+    return ModelEntry(None, path, settings, size=_dir_size(path), details=_details(path, None))
+
+
+def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = None) -> ModelEntry:
+    """Create `name` from Modelfile text; FROM paths are relative to `base_dir` (the Modelfile's folder).
+
+    Settings not given in the Modelfile are inherited from a store base; parameters merge key by key.
+    """
+    dest = parse_name(name)
+    mf = parse_modelfile(modelfile_text)
+    base = resolve(mf.from_, base_dir)
+    inherited = base.settings
+    settings = Modelfile(
+        from_=str(base.name) if base.name else str(base.path),
+        parameters={**inherited.parameters, **mf.parameters},
+        system=mf.system if mf.system is not None else inherited.system,
+        template=mf.template if mf.template is not None else inherited.template,
+        messages=mf.messages or inherited.messages,
+        license=mf.license or inherited.license,
+    )
+    if base.name:
+        return _write_entry(dest, lambda tmp: _link_files(base.path, tmp), settings, base.digest, settings.from_)
+    return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
+
+
+def copy(src: str, dst: str) -> ModelEntry:
+    """Copy `src` to `dst` (hard links: no extra space); an existing `dst` is replaced."""
+    dest = parse_name(dst)  # a bad destination is reported before a missing source
+    entry = get(src)
+    if dest == entry.name:
+        raise YunqueError(f"Cannot copy {entry.name} onto itself; choose another destination name.")
+    return _write_entry(dest, lambda tmp: _link_files(entry.path, tmp), entry.settings, entry.digest, entry.details.get("parent_model"))
+
+
+def delete(name: str) -> None:
+    """Remove `name` from the store; models derived from it keep working (their files are links)."""
+    entry = get(name)
+    trash = entry.path.with_name(f".{entry.path.name}.deleting-{os.getpid()}")
+    os.replace(entry.path, trash)  # one rename: the entry is gone at once, whatever happens next
+    shutil.rmtree(trash, ignore_errors=True)
+    _prune_empty_parents(entry.path)
+
+
+def list_models() -> list[ModelEntry]:
+    """All store entries, most recently modified first."""
+    models = store_root() / "models"
+    entries = []
+    for path in models.glob("*/*/*/" + SETTINGS_FILE):
+        ns, model, tag = path.parent.relative_to(models).parts
+        if any(part.startswith(".") for part in (ns, model, tag)):
+            continue  # a build or a delete in progress
+        try:
+            name = parse_name(f"{ns}/{model}:{tag}")
+        except YunqueError:
+            continue  # not made by yunque
+        entries.append(_load_entry(name, path.parent))
+    return sorted(entries, key=lambda e: e.modified, reverse=True)
