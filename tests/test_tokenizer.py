@@ -261,6 +261,7 @@ def test_cli_train_encode_decode(tmp_path):
     [
         (["train", "{tmp}/missing.txt", "--vocab-size", "400", "--out", "{tmp}/o"], "does not exist"),
         (["train", "{tmp}/c.txt", "--vocab-size", "100", "--out", "{tmp}/o"], "out of range"),
+        (["train", "{tmp}/c.txt", "--vocab-size", "273", "--out", "{tmp}/tok"], "already holds a different tokenizer"),
         (["encode", "{tmp}/nowhere", "hi"], "does not exist"),
         (["decode", "{tmp}/tok", "1", "99999"], "not in this tokenizer's vocabulary"),
         (["decode", "{tmp}/tok", "1", "x2"], "is not a token id"),
