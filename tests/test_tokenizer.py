@@ -297,3 +297,16 @@ def test_reads_a_byte_level_bpe_trained_by_tokenizers(tmp_path, corpus):
     assert tok.encode(text, allowed_special="all") == hf.encode(text).ids
     again = Tokenizer.from_pretrained(tok.save_pretrained(tmp_path / "saved"))
     assert again.fingerprint == tok.fingerprint and again.eot_id == 1
+
+
+def test_saved_tokenizer_carries_the_default_chat_template_for_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from yunque.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+
+    tok = Tokenizer.train_from_iterator(["Hello there, how are you today?"] * 50, 300)
+    tok.save_pretrained(tmp_path / "tok")
+    assert Tokenizer.from_pretrained(tmp_path / "tok").chat_template == DEFAULT_CHAT_TEMPLATE
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    hf = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == render_chat(messages)

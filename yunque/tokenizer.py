@@ -53,6 +53,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     *(f"<|reserved_{i}|>" for i in range(8)),
 )
 ENDOFTEXT = "<|endoftext|>"
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")  # what the default chat template uses
 MAX_VOCAB_SIZE = 262_144
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 _TRAIN_CHUNK_CHARS = 1 << 16
@@ -136,12 +137,14 @@ class Tokenizer:
         *,
         model_max_length: int | None = None,
         eos_token: str | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.ranks = ranks
         self.merges = list(merges)
         self.special_tokens = dict(special_tokens)
         self.pattern = pattern
         self.model_max_length = model_max_length
+        self._chat_template = chat_template
         self.eos_token = eos_token if eos_token is not None else (ENDOFTEXT if ENDOFTEXT in special_tokens else None)
         self.vocab_size = max([*ranks.values(), *special_tokens.values()]) + 1
         self._enc = tiktoken.Encoding(
@@ -245,6 +248,8 @@ class Tokenizer:
             model.get("vocab", {}), merges, specials, pattern, str(file),
             model_max_length=_max_length(config.get("model_max_length")),
             eos_token=_token_name(config.get("eos_token")),
+            # transformers also allows a list of named templates; keep only the plain form.
+            chat_template=config["chat_template"] if isinstance(config.get("chat_template"), str) else None,
         )
 
     @classmethod
@@ -446,7 +451,21 @@ class Tokenizer:
             config["extra_special_tokens"] = extra
         if self.model_max_length:
             config["model_max_length"] = self.model_max_length
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
         return config
+
+    @property
+    def chat_template(self) -> str | None:
+        """The jinja2 chat template saved with this tokenizer: the one it was loaded with,
+        else yunque's default when the tokenizer has the chat tokens it is written on."""
+        if self._chat_template:
+            return self._chat_template
+        if all(self.token_to_id(name) is not None for name in CHAT_TOKENS):
+            from yunque.chat import DEFAULT_CHAT_TEMPLATE
+
+            return DEFAULT_CHAT_TEMPLATE
+        return None
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, specials={len(self.special_tokens)}, fingerprint={self.fingerprint})"
