@@ -1,0 +1,55 @@
+"""One loaded model: weights on a device, its tokenizer, and the scheduler that batches its requests."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from yunque import store
+from yunque.server.errors import APIError
+
+
+@dataclass
+class Runner:
+    """What loading a model produces; the model manager owns one per loaded model."""
+
+    model: Any
+    tokenizer: Any
+    scheduler: Any
+    context_length: int
+    size: int  # bytes of parameters and buffers
+    device: str
+
+    async def embed(self, texts: list[str], truncate: bool = True) -> tuple[list[list[float]], int]:
+        """Embeddings of `texts` and the number of tokens read; runs beside the scheduler in a worker thread.
+
+        A text longer than the context is cut to its first tokens when `truncate`, else refused.
+        """
+        from yunque.engine import embed
+
+        if not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise APIError(400, "input must be a non-empty string or a list of non-empty strings", param="input")
+        lengths = [len(self.tokenizer.encode(t)) for t in texts]
+        too_long = [n for n in lengths if n > self.context_length]
+        if too_long and not truncate:
+            raise APIError(400, f"an input is {too_long[0]} tokens, over the model's context of {self.context_length}; shorten it or set truncate")
+        vectors = await asyncio.to_thread(embed, self.model, self.tokenizer, texts)
+        return [[float(x) for x in v] for v in vectors.tolist()], sum(min(n, self.context_length) for n in lengths)
+
+
+def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
+    """Load a store entry on the best device (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
+    import torch
+
+    from yunque.engine import Scheduler
+    from yunque.model import Transformer
+    from yunque.tokenizer import Tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
+    tokenizer = Tokenizer.from_pretrained(entry.path)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
