@@ -32,8 +32,12 @@ _OPENAI_TYPES = {
 _OPENAI_CODES = {401: "invalid_api_key", 404: "model_not_found", 503: "server_busy"}
 
 
-class APIError(Exception):
-    """An answer other than 200: an HTTP status and one sentence for the caller."""
+class APIError(YunqueError):
+    """An answer other than 200: an HTTP status and one sentence for the caller.
+
+    A `YunqueError`, so library code shared with the CLI (`yunque run` in-process) reads as
+    one sentence there too.
+    """
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)

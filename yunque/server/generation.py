@@ -19,17 +19,17 @@ import contextlib
 import json
 import random
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import Request
 
 from yunque.chat import ChatSettings, chat_settings
-from yunque.engine import QueueFull, SamplingParams
+from yunque.engine import GenerationResult, QueueFullError, SamplingParams
 from yunque.errors import YunqueError
 from yunque.gotemplate import looks_like_go
 from yunque.modelfile import PARAMETERS, check_parameter
 from yunque.server.errors import APIError, ServerBusy
-from yunque.server.manager import LoadedModel
+from yunque.server.runner import Runner
 
 # Ollama's defaults for options neither the request nor the Modelfile sets.
 OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
@@ -87,9 +87,9 @@ def check_options(options: Any) -> dict[str, Any]:
     return out
 
 
-def settings_for(lm: LoadedModel, system: str | None = None, template: str | None = None) -> ChatSettings:
-    """The model's chat settings with a request's `system` / `template` overrides applied."""
-    settings = chat_settings(lm.entry)
+def settings_for(entry: Any, system: str | None = None, template: str | None = None) -> ChatSettings:
+    """A store entry's chat settings with a request's `system` / `template` overrides applied."""
+    settings = chat_settings(entry)
     if system is not None:
         settings.system = system
     if template:
@@ -97,14 +97,14 @@ def settings_for(lm: LoadedModel, system: str | None = None, template: str | Non
     return settings
 
 
-def encode(lm: LoadedModel, text: str) -> list[int]:
+def encode(runner: Runner, text: str) -> list[int]:
     # Templates write their turn markers as text; they must become the special tokens.
-    return lm.tokenizer.encode(text, allowed_special="all")
+    return runner.tokenizer.encode(text, allowed_special="all")
 
 
-def context_size(lm: LoadedModel, num_ctx: int | None) -> int:
+def context_size(runner: Runner, num_ctx: int | None) -> int:
     """The context a request may fill: its `num_ctx`, at most the model's own."""
-    return min(num_ctx, lm.runner.context_length) if num_ctx else lm.runner.context_length
+    return min(num_ctx, runner.context_length) if num_ctx else runner.context_length
 
 
 def check_prompt(n_prompt: int, ctx: int) -> int:
@@ -116,49 +116,48 @@ def check_prompt(n_prompt: int, ctx: int) -> int:
     return ctx - n_prompt
 
 
-def stop_token_ids(lm: LoadedModel, stops: list[str]) -> tuple[int, ...]:
+def stop_token_ids(tokenizer: Any, stops: list[str]) -> tuple[int, ...]:
     """End of text, plus each stop string that is one special token (so `<|end|>` ends a turn even when sampled as a token)."""
-    tok = lm.tokenizer
+    tok = tokenizer
     ids = {tok.eot_id} if tok.eot_id is not None else set()
     ids |= {tok.special_tokens[s] for s in stops if s in tok.special_tokens}
     return tuple(sorted(ids))
 
 
-def ollama_params(lm: LoadedModel, settings: ChatSettings, options: dict[str, Any], n_prompt: int) -> SamplingParams:
+def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any], n_prompt: int) -> SamplingParams:
     """SamplingParams from Ollama options over the Modelfile's parameters over Ollama's defaults."""
     merged = {**OLLAMA_DEFAULTS, **settings.parameters, **options}
     stops = list(merged.get("stop") or settings.stop)
-    room = check_prompt(n_prompt, context_size(lm, merged.get("num_ctx")))
+    room = check_prompt(n_prompt, context_size(runner, merged.get("num_ctx")))
     num_predict = merged["num_predict"]
     if num_predict == 0 or num_predict > MAX_PREDICT:
         raise APIError(400, f"num_predict {num_predict} is out of range; use -1 (until a stop or the context is full) or 1 to {MAX_PREDICT}", param="options.num_predict")
     kwargs = {field: merged[name] for name, field in _SAMPLING_NAMES.items() if name in merged}
     return _params(
-        lm,
         max_new_tokens=room if num_predict < 0 else min(num_predict, room),
-        stop=tuple(s for s in stops if s not in lm.tokenizer.special_tokens),
-        stop_token_ids=stop_token_ids(lm, stops),
+        stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
+        stop_token_ids=stop_token_ids(runner.tokenizer, stops),
         **kwargs,
     )
 
 
-def _params(lm: LoadedModel, **kwargs: Any) -> SamplingParams:
+def _params(**kwargs: Any) -> SamplingParams:
     try:
         return SamplingParams(**kwargs)
     except YunqueError as e:
         raise APIError(400, str(e)) from None
 
 
-def openai_params(lm: LoadedModel, settings: ChatSettings, body: Any, n_prompt: int) -> SamplingParams:
+def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: int) -> SamplingParams:
     """SamplingParams for an OpenAI request: OpenAI's defaults (temperature 1, no top-k) and its max_tokens rule."""
-    room = check_prompt(n_prompt, lm.runner.context_length)
+    room = check_prompt(n_prompt, runner.context_length)
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
     if max_tokens is not None and max_tokens < 1:
         raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
     if max_tokens is not None and max_tokens > room:
         raise APIError(
             400,
-            f"This model's maximum context length is {lm.runner.context_length} tokens; you requested {n_prompt + max_tokens} "
+            f"This model's maximum context length is {runner.context_length} tokens; you requested {n_prompt + max_tokens} "
             f"({n_prompt} in the prompt, {max_tokens} for the completion); reduce the prompt or max_tokens",
             param="max_tokens",
         )
@@ -166,50 +165,65 @@ def openai_params(lm: LoadedModel, settings: ChatSettings, body: Any, n_prompt: 
     if len(stops) > 4:
         raise APIError(400, "stop takes at most 4 sequences", param="stop")
     return _params(
-        lm,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         presence_penalty=body.presence_penalty or 0.0,
         frequency_penalty=body.frequency_penalty or 0.0,
         max_new_tokens=max_tokens or room,
-        stop=tuple(s for s in stops if s not in lm.tokenizer.special_tokens),
-        stop_token_ids=stop_token_ids(lm, stops),
+        stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
+        stop_token_ids=stop_token_ids(runner.tokenizer, stops),
     )
 
 
-async def generate(lm: LoadedModel, prepared: Prepared) -> AsyncIterator[str | Outcome]:
-    """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation."""
+def _submit(runner: Runner, prepared: Prepared) -> Any:
     try:
-        handle = lm.scheduler.submit(prepared.ids, prepared.params)
-    except QueueFull:
+        return runner.scheduler.submit(prepared.ids, prepared.params)
+    except QueueFullError:
         raise ServerBusy() from None
-    pieces: list[str] = []
+
+
+def _outcome(result: GenerationResult) -> Outcome:
+    return Outcome(
+        text=result.text,
+        finish_reason="length" if result.finish_reason == "length" else "stop",
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.generated_tokens,
+        prompt_seconds=result.prompt_seconds,
+        generation_seconds=result.generation_seconds,
+        ids=list(result.token_ids),
+    )
+
+
+async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
+    """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation."""
+    handle = _submit(runner, prepared)
     try:
-        async for event in handle:
-            if event.text:
-                pieces.append(event.text)
-                yield event.text
-            if event.done:
-                yield Outcome(
-                    text="".join(pieces),
-                    finish_reason="length" if event.finish_reason == "length" else "stop",
-                    prompt_tokens=event.prompt_tokens,
-                    completion_tokens=event.generated_tokens,
-                    prompt_seconds=event.prompt_duration,
-                    generation_seconds=event.generation_duration,
-                    ids=list(event.token_ids),
-                )
+        async for chunk in handle:
+            if chunk.text:
+                yield chunk.text
+        yield _outcome(handle.result)
     finally:
         handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
 
 
-async def complete(lm: LoadedModel, prepared: Prepared) -> Outcome:
+def stream_sync(runner: Runner, prepared: Prepared) -> Iterator[str]:
+    """`generate` for a caller without an event loop (`yunque run` in-process): text deltas only."""
+    handle = _submit(runner, prepared)
+    try:
+        for chunk in handle:
+            if chunk.text:
+                yield chunk.text
+    finally:
+        handle.cancel()
+
+
+async def complete(runner: Runner, prepared: Prepared) -> Outcome:
     """The whole answer; with `json_format`, retried with fresh seeds until it parses as JSON."""
     attempts = JSON_ATTEMPTS if prepared.json_format else 1
     for attempt in range(attempts):
         outcome = None
-        async for item in generate(lm, prepared):
+        async for item in generate(runner, prepared):
             if isinstance(item, Outcome):
                 outcome = item
         assert outcome is not None, "the scheduler ended a generation without its final event"

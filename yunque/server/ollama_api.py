@@ -186,7 +186,7 @@ async def _answer(
     model = lm.name
     if not stream or prepared.json_format:
         try:
-            outcome = await gen.until_disconnect(request, gen.complete(lm, prepared))
+            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
         finally:
             manager.release(lm)
         body = {"model": model, "created_at": _now(), **shape(outcome.text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)}
@@ -199,7 +199,7 @@ async def _answer(
 
         return _ndjson(once())
 
-    stream_it = gen.generate(lm, prepared)
+    stream_it = gen.generate(lm.runner, prepared)
     try:
         first = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
     except BaseException:
@@ -260,10 +260,10 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     manager = _manager(request)
     lm, load_seconds = await manager.acquire(body.model, keep_alive)
     try:
-        settings = gen.settings_for(lm, template=body.template)
+        settings = gen.settings_for(lm.entry, template=body.template)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        ids = gen.encode(lm, settings.render(messages, tools=body.tools))
-        params = gen.ollama_params(lm, settings, options, len(ids))
+        ids = gen.encode(lm.runner, settings.render(messages, tools=body.tools))
+        params = gen.ollama_params(lm.runner, settings, options, len(ids))
     except BaseException:
         manager.release(lm)
         raise
@@ -290,10 +290,10 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     manager = _manager(request)
     lm, load_seconds = await manager.acquire(body.model, keep_alive)
     try:
-        settings = gen.settings_for(lm, system=body.system, template=body.template)
+        settings = gen.settings_for(lm.entry, system=body.system, template=body.template)
         text = body.prompt if body.raw else settings.render([{"role": "user", "content": body.prompt}])
-        ids = list(body.context or []) + gen.encode(lm, text)
-        params = gen.ollama_params(lm, settings, options, len(ids))
+        ids = list(body.context or []) + gen.encode(lm.runner, text)
+        params = gen.ollama_params(lm.runner, settings, options, len(ids))
     except BaseException:
         manager.release(lm)
         raise

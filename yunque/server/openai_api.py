@@ -116,9 +116,9 @@ async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedMo
     manager = request.app.state.manager
     lm, _ = await manager.acquire(body.model)
     try:
-        settings = gen.settings_for(lm)
-        ids = gen.encode(lm, render(lm))
-        return lm, gen.Prepared(ids, gen.openai_params(lm, settings, body, len(ids)), json_format)
+        settings = gen.settings_for(lm.entry)
+        ids = gen.encode(lm.runner, render(lm))
+        return lm, gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids)), json_format)
     except BaseException:
         manager.release(lm)
         raise
@@ -141,7 +141,7 @@ async def _respond(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if not body.stream or prepared.json_format:
         try:
-            outcome = await gen.until_disconnect(request, gen.complete(lm, prepared))
+            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
         finally:
             manager.release(lm)
         if not body.stream:
@@ -155,7 +155,7 @@ async def _respond(
 
         return _sse(once())
 
-    stream_it = gen.generate(lm, prepared)
+    stream_it = gen.generate(lm.runner, prepared)
     try:
         head = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
     except BaseException:
@@ -201,7 +201,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         raise APIError(400, "messages must hold at least one message", param="messages")
     json_format = bool(body.response_format and body.response_format.type != "text")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    lm, prepared = await _prepare(request, body, lambda lm: gen.settings_for(lm).render(messages), json_format)
+    lm, prepared = await _prepare(request, body, lambda lm: gen.settings_for(lm.entry).render(messages), json_format)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": cid, "created": created, "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
 
