@@ -211,3 +211,16 @@ def test_rope_settings_read_in_transformers_4_spelling():
     v5 = dict(v4, rope_parameters={**v4.pop("rope_scaling"), "rope_theta": 500000.0})
     del v5["rope_theta"]
     assert config_from_hf(v5) == cfg
+
+
+def test_inspect_command_prints_a_table_and_json(tmp_path):
+    from typer.testing import CliRunner
+
+    from yunque.cli import app
+
+    hf_model("qwen2").save_pretrained(tmp_path)
+    runner = CliRunner()
+    table = runner.invoke(app, ["inspect", str(tmp_path)], terminal_width=150)
+    assert table.exit_code == 0 and "qwen2 (Qwen2ForCausalLM)" in table.output and "FLOPs per token" in table.output
+    as_json = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
+    assert json.loads(as_json.output) == json.loads(json.dumps(describe(tmp_path)))
