@@ -28,6 +28,22 @@ STATIC = Path(__file__).parent / "static"
 _PUBLIC_PREFIX = "/ui"
 
 
+class JSONBodies:
+    """Read every API request body as JSON, whatever Content-Type the client sent.
+
+    Ollama does, and `curl -d '{...}'` (form-encoded by default) is how its docs call it.
+    """
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http" and scope["path"].startswith(("/api/", "/v1/")):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        await self.app(scope, receive, send)
+
+
 def create_app(manager: ModelManager | None = None, api_key: str | None = None) -> FastAPI:
     """The server application. With `api_key`, every route but the web chat's static files needs `Authorization: Bearer <key>`."""
     manager = manager or ModelManager(load_runner)
@@ -55,6 +71,7 @@ def create_app(manager: ModelManager | None = None, api_key: str | None = None) 
                 return error_response(request, APIError(401, "missing or wrong API key; send `Authorization: Bearer <YUNQUE_API_KEY>`"))
             return await call_next(request)
 
+    app.add_middleware(JSONBodies)
     app.include_router(ollama_api.router)
     app.include_router(openai_api.router)
 

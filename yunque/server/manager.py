@@ -159,7 +159,7 @@ class ModelManager:
         lm = self._models.pop(name, None)
         if lm is None:
             return
-        await asyncio.to_thread(lm.runner.scheduler.close)
+        await asyncio.to_thread(lm.runner.scheduler.shutdown)
         device = lm.runner.device
         del lm
         gc.collect()

@@ -59,7 +59,7 @@ class LocalBackend:
         return gen.stream_sync(self.runner, gen.Prepared(ids, params))
 
     def close(self) -> None:
-        self.runner.scheduler.close()
+        self.runner.scheduler.shutdown()
 
 
 def connect(name: str, client: Client | None = None, note: Callable[[str], None] = lambda s: None) -> Backend:

@@ -42,8 +42,8 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     """Load a store entry on the best device (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
     import torch
 
-    from yunque.engine import Scheduler
     from yunque.model import Transformer
+    from yunque.scheduler import Engine
     from yunque.tokenizer import Tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,5 +51,5 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
     tokenizer = Tokenizer.from_pretrained(entry.path)
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    scheduler = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
