@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 import yunque
 from yunque import store
@@ -94,7 +94,7 @@ class ModelRequest(_Body):
 
 class CreateRequest(ModelRequest):
     modelfile: StrictStr | None = None
-    from_: StrictStr | None = None
+    from_: StrictStr | None = Field(None, alias="from")
     system: StrictStr | None = None
     template: StrictStr | None = None
     parameters: dict[str, Any] | None = None
@@ -120,10 +120,6 @@ class CreateRequest(ModelRequest):
             license=licenses,
         )
         return render_modelfile(mf)
-
-
-CreateRequest.model_fields["from_"].alias = "from"
-CreateRequest.model_rebuild(force=True)
 
 
 class CopyRequest(_Body):
@@ -410,6 +406,8 @@ async def ps(request: Request) -> dict[str, Any]:
                 "size": lm.runner.size,
                 "size_vram": lm.runner.size if lm.runner.device.startswith("cuda") else 0,
                 "context_length": lm.runner.context_length,
+                # yunque's addition (clients ignore it): the scheduler's load right now.
+                "requests": {"running": lm.runner.scheduler.active, "waiting": lm.runner.scheduler.waiting},
             }
         )
     return {"models": out}
