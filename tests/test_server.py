@@ -289,3 +289,34 @@ def test_load_16_concurrent_streaming_clients(server):
     # Memory is stable: the second batch of 48 requests adds (almost) nothing over the first.
     assert after - after_first < 24 * 2**20, (before, after_first, after)
     assert after - before < 64 * 2**20, (before, after_first, after)
+
+
+def _cli(server, *args, host=None, input=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YUNQUE_HOME": str(server.home), "YUNQUE_HOST": host or f"127.0.0.1:{server.port}"}
+    return subprocess.run([sys.executable, "-m", "yunque.cli", *args], env=env, capture_output=True, text=True, timeout=120, input=input)
+
+
+def test_cli_run_ps_stop_through_the_server(server):
+    r = _cli(server, "run", "tiny", "Say something")
+    assert r.returncode == 0 and r.stdout.strip() and "in this process" not in r.stderr
+    ps = _cli(server, "ps")
+    assert ps.returncode == 0 and "tiny:latest" in ps.stdout
+    stop = _cli(server, "stop", "tiny")
+    assert stop.returncode == 0
+    assert httpx.get(server.url + "/api/ps").json()["models"] == []
+    missing = _cli(server, "run", "nope", "hi")
+    assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_run_in_process_without_a_server(server):
+    from serving import free_port
+
+    # Piped standard input is the prompt, as with `ollama run`; the interactive loop is tested in test_server_unit.
+    chat = _cli(server, "run", "tiny", host=f"127.0.0.1:{free_port()}", input="hello there\n")
+    assert chat.returncode == 0 and "loading tiny in this process" in chat.stderr and chat.stdout.strip()
+    none = _cli(server, "ps", host=f"127.0.0.1:{free_port()}")
+    assert none.returncode == 1 and "yunque serve" in none.stderr

@@ -22,20 +22,17 @@ class Runner:
     device: str
 
     async def embed(self, texts: list[str], truncate: bool = True) -> tuple[list[list[float]], int]:
-        """Embeddings of `texts` and the number of tokens read; runs beside the scheduler in a worker thread.
+        """Unit-length embeddings of `texts` and the number of tokens read; runs beside the scheduler in a worker thread.
 
         A text longer than the context is cut to its first tokens when `truncate`, else refused.
         """
-        from yunque.engine import embed
+        from yunque.embeddings import embed
 
-        if not texts or any(not isinstance(t, str) or not t for t in texts):
+        if not texts or any(not t for t in texts):
             raise APIError(400, "input must be a non-empty string or a list of non-empty strings", param="input")
-        lengths = [len(self.tokenizer.encode(t)) for t in texts]
-        too_long = [n for n in lengths if n > self.context_length]
-        if too_long and not truncate:
-            raise APIError(400, f"an input is {too_long[0]} tokens, over the model's context of {self.context_length}; shorten it or set truncate")
-        vectors = await asyncio.to_thread(embed, self.model, self.tokenizer, texts)
-        return [[float(x) for x in v] for v in vectors.tolist()], sum(min(n, self.context_length) for n in lengths)
+        n_tokens = sum(min(len(self.tokenizer.encode(t)), self.context_length) for t in texts)
+        vectors = await asyncio.to_thread(embed, self.model, self.tokenizer, texts, truncate=truncate)
+        return vectors.tolist(), n_tokens
 
 
 def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
