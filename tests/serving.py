@@ -107,3 +107,21 @@ class LiveServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_tiny(tmp_path_factory, name: str = "tiny", max_seq_len: int = 2048) -> LiveServer:
+    """A started `LiveServer` whose fresh store holds a tiny model called `name`."""
+    from yunque import store
+
+    home = tmp_path_factory.mktemp("serve_home")
+    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / name, max_seq_len=max_seq_len)
+    old = os.environ.get("YUNQUE_HOME")
+    os.environ["YUNQUE_HOME"] = str(home)  # the store reads its root from the environment
+    try:
+        store.import_model(src, name)
+    finally:
+        if old is None:
+            del os.environ["YUNQUE_HOME"]
+        else:
+            os.environ["YUNQUE_HOME"] = old
+    return LiveServer(home).start()

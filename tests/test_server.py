@@ -16,30 +16,16 @@ import httpx
 import ollama
 import openai
 import pytest
-from serving import LiveServer, make_tiny_model, rss_bytes
+from serving import rss_bytes, serve_tiny
 
 CONTEXT = 2048
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve_home")
-    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny", max_seq_len=CONTEXT)
-    import os
-
-    old = os.environ.get("YUNQUE_HOME")
-    os.environ["YUNQUE_HOME"] = str(home)
-    try:
-        from yunque import store
-
-        store.import_model(src, "tiny")
-    finally:
-        if old is None:
-            del os.environ["YUNQUE_HOME"]
-        else:
-            os.environ["YUNQUE_HOME"] = old
-    with LiveServer(home) as live:
-        yield live
+    live = serve_tiny(tmp_path_factory, max_seq_len=CONTEXT)
+    yield live
+    live.stop()
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import sys
 from typing import Any, Callable, Iterator, Protocol, TextIO
 
 from yunque.modelfile import check_parameter
-from yunque.server import generation as gen
 from yunque.server.client import Client
-from yunque.server.manager import lookup
 
 HELP = """Available commands:
   /set system <text>             set the system message
@@ -47,12 +45,15 @@ class LocalBackend:
     """Load the model in this process and chat through its own scheduler."""
 
     def __init__(self, name: str) -> None:
+        from yunque.server.manager import lookup
         from yunque.server.runner import load_runner
 
         self.entry = lookup(name)
         self.runner = load_runner(self.entry, max_batch=1, max_queue=1)
 
     def chat(self, messages: list[dict[str, str]], options: dict[str, Any]) -> Iterator[str]:
+        from yunque.server import generation as gen
+
         settings = gen.settings_for(self.entry)
         ids = gen.encode(self.runner, settings.render(messages))
         params = gen.ollama_params(self.runner, settings, gen.check_options(options), len(ids))
