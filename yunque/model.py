@@ -315,6 +315,11 @@ class Transformer(nn.Module):
         self._hidden(idx, step)
         return step.capture
 
+    @torch.no_grad()
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """Final (normalised) hidden states (B, T, d_model): what the LM head reads, e.g. for embeddings."""
+        return self._hidden(idx, self._plan(idx, None, None))
+
     def _hidden(self, idx: Tensor, step: _Step) -> Tensor:
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
