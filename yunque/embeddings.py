@@ -35,7 +35,7 @@ def embed(model: Transformer, tokenizer: Any, texts: Sequence[str], *, truncate:
                 raise YunqueError(f"Text {i} has {len(toks)} tokens but the context holds {context}; shorten it or pass truncate=True.")
             toks = toks[:context]
         ids.append(toks)
-    device = model.lm_head.weight.device
+    device = model.tok_emb.weight.device
     out = []
     # Sorting by length keeps padding (wasted compute) small within each batch.
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))

@@ -135,7 +135,7 @@ class Batch:
         self.model = model
         self.cache = model.make_cache(n_slots, max_len)
         self.max_len = self.cache.max_len
-        self.device = model.lm_head.weight.device
+        self.device = model.tok_emb.weight.device
         self.vocab_size = model.config.vocab_size
         self.active: list[Request] = []
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=self.device)  # next cache position per slot
@@ -266,7 +266,7 @@ def _decode_step(model: Transformer) -> Callable[..., Tensor]:
     On CPU the step is bound by reading the weights (and by Python for tiny models); compilation
     adds seconds of start-up for little gain, so it is only used where kernel launches dominate.
     """
-    if model.lm_head.weight.device.type == "cuda":
+    if model.tok_emb.weight.device.type == "cuda":
         return torch.compile(model, mode="reduce-overhead", dynamic=True)
     return model
 
