@@ -199,7 +199,8 @@ def test_cancel_frees_the_slot(model):
 
 def test_queue_full_is_a_clear_error(model):
     with Engine(model, max_batch=1, max_queue=1) as engine:
-        engine.submit([1], max_new_tokens=80, stop_token_ids=[])
+        running = engine.submit([1], max_new_tokens=90, stop_token_ids=[])
+        next(iter(running))  # it holds the only slot now
         engine.submit([2], max_new_tokens=5)
         with pytest.raises(QueueFullError, match="busy"):
             engine.submit([3], max_new_tokens=5)
@@ -243,3 +244,34 @@ def test_shutdown_cancels_running_work_and_refuses_new(model):
     assert handle.result.finish_reason in ("cancelled", "length")
     with pytest.raises(YunqueError, match="shut down"):
         engine.submit([1])
+
+
+def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
+    from typer.testing import CliRunner
+
+    from yunque.cli import app
+
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    expected = "".join(generate(model, tok, "hear me", temperature=0, max_new_tokens=12))
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "-", "-t", "0", "-n", "12", "--verbose"], input="hear me")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == expected + "\n"
+    assert "tokens/s" in res.stderr and "12 generated" in res.stderr
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "x", "--int8", "-n", "3", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_generate_errors_are_one_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from yunque.cli import app
+
+    res = subprocess.run([sys.executable, "-m", "yunque.cli", "generate", str(tmp_path / "nope"), "hi"], capture_output=True, text=True)
+    assert res.returncode == 1 and "does not exist" in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["generate", str(tmp_path), "hi", "--top-p", "3"])  # refused before loading anything
+    assert isinstance(res.exception, YunqueError) and "top_p must be" in str(res.exception)

@@ -20,6 +20,7 @@ import collections
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -135,7 +136,7 @@ class Batch:
         self.model = model
         self.cache = model.make_cache(n_slots, max_len)
         self.max_len = self.cache.max_len
-        self.device = model.lm_head.weight.device
+        self.device = model.tok_emb.weight.device
         self.vocab_size = model.config.vocab_size
         self.active: list[Request] = []
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=self.device)  # next cache position per slot
@@ -266,9 +267,23 @@ def _decode_step(model: Transformer) -> Callable[..., Tensor]:
     On CPU the step is bound by reading the weights (and by Python for tiny models); compilation
     adds seconds of start-up for little gain, so it is only used where kernel launches dominate.
     """
-    if model.lm_head.weight.device.type == "cuda":
+    if model.tok_emb.weight.device.type == "cuda":
         return torch.compile(model, mode="reduce-overhead", dynamic=True)
     return model
+
+
+def load(model_dir: str | Path, *, int8: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:
+    """Model and tokenizer of a Hugging Face-layout directory, ready for generation (`int8`: quantize for CPU)."""
+    from yunque.quantize import quantize_int8
+    from yunque.tokenizer import Tokenizer
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json, model.safetensors and tokenizer.json.")
+    model = Transformer.from_pretrained(path, dtype=dtype, device=device).eval()
+    if int8:
+        quantize_int8(model)
+    return model, Tokenizer.from_pretrained(path)
 
 
 # ---------------------------------------------------------------------- request preparation

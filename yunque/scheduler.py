@@ -118,12 +118,15 @@ class RequestHandle:
 
 
 class Engine:
-    """A background decoding thread with `max_batch` cache slots and a queue of at most `max_queue` waiting requests."""
+    """A background decoding thread with `max_batch` cache slots and a queue of at most `max_queue` waiting requests.
+
+    A request waits in the queue until the thread gives it a free slot (between two decode steps).
+    """
 
     def __init__(self, model: Transformer, tokenizer: Any = None, *, max_batch: int = 8, max_queue: int = 64,
                  max_len: int | None = None) -> None:
-        if max_batch < 1 or max_queue < 0:
-            raise YunqueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}.")
+        if max_batch < 1 or max_queue < 1:
+            raise YunqueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}.")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queue = max_queue
         self.context = max_len or model.config.max_seq_len
@@ -144,7 +147,7 @@ class Engine:
         with self._cond:
             if self._closed:
                 raise YunqueError("The engine has been shut down; create a new one.")
-            if len(self._waiting) >= self.max_queue + self._batch.free_slots:
+            if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"The engine is busy ({self.max_queue} requests already waiting); try again shortly.")
             self._waiting.append(handle)
             self._cond.notify_all()
