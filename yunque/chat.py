@@ -27,6 +27,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yunque.errors import YunqueError
 from yunque.gotemplate import looks_like_go, render_go_template, uses_messages
 from yunque.modelfile import check_parameters
+from yunque.store import ModelEntry, resolve
 
 # The chat special tokens of yunque's tokenizer.
 SYSTEM, USER, ASSISTANT, TOOL = "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"
@@ -89,6 +90,12 @@ def _compile(template: str) -> jinja2.Template:
         raise YunqueError(f"The chat template has a syntax error on line {e.lineno}: {e.message}; fix the template.") from None
 
 
+def _check_messages(messages: list[dict[str, Any]]) -> None:
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise YunqueError(f"Each chat message needs a 'role' and 'content', got {m!r}.")
+
+
 def render_chat(
     messages: list[dict[str, Any]],
     template: str | None = None,
@@ -99,9 +106,7 @@ def render_chat(
     **extra: Any,
 ) -> str:
     """Render a jinja2 chat template (default: yunque's) as transformers' apply_chat_template does."""
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m:
-            raise YunqueError(f"Each chat message needs a 'role' and 'content', got {m!r}.")
+    _check_messages(messages)
     try:
         return _compile(template or DEFAULT_CHAT_TEMPLATE).render(
             messages=messages,
@@ -118,12 +123,12 @@ def render_chat(
 
 
 def _collate(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Ollama's collate: merge consecutive messages of one role; also return all system text."""
+    """Ollama's collate: merge consecutive messages of one role (tool results excepted); also return all system text."""
     merged: list[dict[str, Any]] = []
     for m in messages:
         msg = {"role": m["role"], "content": m.get("content") or "", "tool_calls": m.get("tool_calls") or [], "images": m.get("images") or [],
                "thinking": m.get("thinking") or "", "tool_name": m.get("tool_name") or ""}
-        if merged and merged[-1]["role"] == msg["role"] and msg["role"] in ("system", "user"):
+        if merged and merged[-1]["role"] == msg["role"] and msg["role"] != "tool":
             merged[-1]["content"] += "\n\n" + msg["content"]
         else:
             merged.append(msg)
@@ -136,8 +141,10 @@ def render_ollama(template: str, messages: list[dict[str, Any]], tools: list[dic
 
     Templates that use `.Messages` see the whole conversation at once. Older ones (System /
     Prompt / Response) are rendered once per user turn, and the last rendering stops at
-    `.Response`, where the model's answer begins.
+    `.Response`, where the model's answer begins (Go templates always end with the
+    generation prompt; Ollama has no switch for it).
     """
+    _check_messages(messages)
     system, merged = _collate(messages)
     base = {"Suffix": "", "Think": False, "IsThinkSet": False, "ThinkLevel": "", "Tools": tools or [], "Prompt": "", "Response": ""}
     if uses_messages(template):
@@ -231,8 +238,6 @@ def chat_settings(model: Any) -> ChatSettings:
     Stop strings: the Modelfile's `stop`; otherwise `<|end|>` for the default template, or the
     tokenizer's eos token text for a model's own template.
     """
-    from yunque.store import ModelEntry, resolve
-
     entry = model if isinstance(model, ModelEntry) else resolve(str(model))
     settings = entry.settings
     tok_config = _read_optional_json(entry.path / "tokenizer_config.json")

@@ -11,6 +11,7 @@ unsupported template fails loudly instead of producing a wrong prompt.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -44,7 +45,7 @@ def _unsupported(what: str) -> YunqueError:
 class _Block:
     kind: str  # "root", "if", "range", "with"
     expr: list = field(default_factory=list)  # the pipeline tokens (for range: after the declaration)
-    decl: list[str] = field(default_factory=list)  # range/with variable names
+    decl: list[str] = field(default_factory=list)  # range variables ($i, $m :=)
     body: list = field(default_factory=list)
     orelse: list = field(default_factory=list)  # else branch (may hold one nested "if" for `else if`)
 
@@ -109,6 +110,8 @@ def _parse(template: str) -> _Block:
                 nested = _Block("if", _tokens(rest[3:]))
                 block.orelse.append(nested)
                 stack[-1] = (nested, nested.body)  # one {{ end }} closes the whole else-if chain
+            elif rest:
+                raise _unsupported(f"{{{{ else {rest.split()[0]} }}}}")
             else:
                 stack[-1] = (block, block.orelse)
         elif word == "end":
@@ -141,8 +144,26 @@ def _go_str(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False)
+        return _go_json(v)  # Ollama's tool types print themselves as JSON
     return str(v)
+
+
+def _go_json(v: Any) -> str:
+    """Go's json.Marshal: compact, and HTML-safe (<, >, & and line separators escaped)."""
+    text = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    for ch in "<>&\u2028\u2029":
+        text = text.replace(ch, f"\\u{ord(ch):04x}")
+    return text
+
+
+def _print(*args: Any) -> str:
+    """Go's fmt.Sprint: a space between operands only when neither is a string."""
+    out = []
+    for i, a in enumerate(args):
+        if i and not isinstance(a, str) and not isinstance(args[i - 1], str):
+            out.append(" ")
+        out.append(_go_str(a))
+    return "".join(out)
 
 
 def _slice(v: Any, *idx: int) -> Any:
@@ -166,8 +187,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "len": len,
     "index": _index,
     "slice": _slice,
-    "print": lambda *a: " ".join(_go_str(x) for x in a),
-    "json": lambda a: json.dumps(a, ensure_ascii=False, separators=(",", ":")),
+    "print": _print,
+    "json": _go_json,
     "currentDate": lambda: dt.date.today().isoformat(),
 }
 
@@ -178,7 +199,6 @@ def _snake(name: str) -> str:
 
 class _Renderer:
     def __init__(self, root_data: dict[str, Any], cut_at_response: bool):
-        self.root = root_data
         self.cut = cut_at_response
         self.scopes: list[dict[str, Any]] = [{"$": root_data}]
         self.out: list[str] = []
@@ -323,17 +343,15 @@ class _Renderer:
 
 
 def render_go_template(template: str, data: dict[str, Any], cut_at_response: bool = False) -> str:
-    """Render `template` with `data` (a dict of Go-style capitalised fields).
+    """Render `template` with `data` (Go-style capitalised fields, or JSON keys they map to).
 
     With `cut_at_response`, output stops where `.Response` is first reached, as Ollama does
     for the turn the model is about to answer.
     """
     root = _parse(template)
     r = _Renderer(data, cut_at_response)
-    try:
+    with contextlib.suppress(_Cut):
         r.nodes(root.body, data)
-    except _Cut:
-        pass
     return "".join(r.out)
 
 

@@ -224,10 +224,10 @@ def _quote(value: str, what: str) -> str:
 
 def _param_text(key: str, value: Any) -> str:
     text = str(value)
-    if "\n" in text:
+    # Values a bare line would change (outer spaces or quotes, newlines) go in triple quotes.
+    if "\n" in text or text != text.strip() or text.startswith('"'):
         return _quote(text, f"PARAMETER {key}")
-    # A stop string with spaces or quotes at its ends is quoted, so it survives the trip back.
-    return f'"{text}"' if text != text.strip() or text.startswith('"') else text
+    return text
 
 
 def render_modelfile(mf: Modelfile, header: str | None = None) -> str:

@@ -27,7 +27,7 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
@@ -78,8 +78,11 @@ def parse_name(name: str) -> ModelName:
 
     if not isinstance(name, str) or not name.strip():
         raise bad("it is empty")
-    if "\0" in name or "\\" in name or ".." in name or name.startswith(("/", "~")):
-        raise bad("it contains a NUL, a backslash, '..', or starts like a path")
+    for needle, why in (("\0", "it contains a NUL character"), ("\\", "it contains a backslash"), ("..", "it contains '..'")):
+        if needle in name:
+            raise bad(why)
+    if name.startswith(("/", "~")):
+        raise bad("it starts like a path (use `./dir` or a full path where a directory is meant)")
     text = name.strip().lower()
     base, sep, tag = text.partition(":")
     if sep and not tag:
@@ -160,6 +163,8 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
     Loading the weights is left to the caller: this module does not import torch.
     """
     path = Path(src).expanduser()
+    if path.suffix.lower() == ".gguf":
+        raise YunqueError(f"{src} is a GGUF file, which yunque does not load; use the model's Hugging Face directory (config.json + *.safetensors).")
     if not path.is_dir():
         raise YunqueError(f"{src} is not a directory; give the path of a Hugging Face model directory.")
     config = _read_json(path / "config.json")
@@ -217,6 +222,11 @@ def _safetensors_stats(model_dir: Path) -> tuple[int, str]:
     return count, "/".join(sorted(dtypes))
 
 
+# config.json keys for the same quantity differ by family (GPT-2 names first, then Llama's).
+_CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
+_EMBEDDING_KEYS = ("n_embd", "hidden_size", "d_model")
+
+
 def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
     config = _read_json(model_dir / "config.json")
     count, dtypes = _safetensors_stats(model_dir)
@@ -227,6 +237,8 @@ def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
         "parameter_count": count,
         "parameter_size": human_count(count),
         "quantization_level": dtypes,
+        "context_length": next((config[k] for k in _CONTEXT_KEYS if k in config), None),
+        "embedding_length": next((config[k] for k in _EMBEDDING_KEYS if k in config), None),
     }
 
 
@@ -253,22 +265,35 @@ def _importable(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix not in _PICKLE_SUFFIXES and path.name != SETTINGS_FILE
 
 
-def _write_entry(dest: ModelName, fill, settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
+def _write_entry(dest: ModelName, fill: Callable[[Path], None], settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
     """Build an entry in a temporary directory with `fill(tmp)`, write its settings, rename it into place."""
     path = dest.path()
-    with atomic_dir(path, overwrite=True) as tmp:
-        fill(tmp)
-        entry = ModelEntry(
-            name=dest,
-            path=path,
-            settings=settings,
-            digest=digest or weights_digest(tmp),
-            modified=_now(),
-            size=_dir_size(tmp),
-            details=_details(tmp, parent),
-        )
-        write_text_atomic(tmp / SETTINGS_FILE, json.dumps(entry.to_json(), indent=2) + "\n")
+    try:
+        with atomic_dir(path, overwrite=True) as tmp:
+            fill(tmp)
+            entry = ModelEntry(
+                name=dest,
+                path=path,
+                settings=settings,
+                digest=digest or weights_digest(tmp),
+                modified=_now(),
+                size=_dir_size(tmp),
+                details=_details(tmp, parent),
+            )
+            write_text_atomic(tmp / SETTINGS_FILE, json.dumps(entry.to_json(), indent=2) + "\n")
+    except BaseException:
+        _prune_empty_parents(path)
+        raise
     return entry
+
+
+def _prune_empty_parents(path: Path) -> None:
+    """Remove the model and namespace folders above `path` if nothing else lives in them."""
+    for parent in (path.parent, path.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: other tags or models live there
 
 
 def import_model(src_dir: str | os.PathLike, name: str) -> ModelEntry:
@@ -333,7 +358,7 @@ def resolve(name_or_path: str, base_dir: str | os.PathLike | None = None) -> Mod
             raise YunqueError(f"{text!r} is neither a model name in the store nor a directory; see `yunque list`.")
     path = validate_model_dir(base / Path(text).expanduser())
     settings = _load_entry(None, path).settings if (path / SETTINGS_FILE).is_file() else Modelfile(from_=str(path))
-    return ModelEntry(None, path, settings)
+    return ModelEntry(None, path, settings, size=_dir_size(path), details=_details(path, None))
 
 
 def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = None) -> ModelEntry:
@@ -360,7 +385,8 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
 
 def copy(src: str, dst: str) -> ModelEntry:
     """Copy `src` to `dst` (hard links: no extra space); an existing `dst` is replaced."""
-    entry, dest = get(src), parse_name(dst)
+    dest = parse_name(dst)  # a bad destination is reported before a missing source
+    entry = get(src)
     if dest == entry.name:
         raise YunqueError(f"Cannot copy {entry.name} onto itself; choose another destination name.")
     return _write_entry(dest, lambda tmp: _link_files(entry.path, tmp), entry.settings, entry.digest, entry.details.get("parent_model"))
@@ -372,11 +398,7 @@ def delete(name: str) -> None:
     trash = entry.path.with_name(f".{entry.path.name}.deleting-{os.getpid()}")
     os.replace(entry.path, trash)  # one rename: the entry is gone at once, whatever happens next
     shutil.rmtree(trash, ignore_errors=True)
-    for parent in (entry.path.parent, entry.path.parent.parent):
-        try:
-            parent.rmdir()
-        except OSError:
-            break  # not empty: other tags or models live there
+    _prune_empty_parents(entry.path)
 
 
 def list_models() -> list[ModelEntry]:
