@@ -67,24 +67,25 @@ def test_chat_streams_stops_and_starts_over(browser, server):
     assert reply and "tokens" in page.inner_text(".message.assistant .meta")
     assert page.evaluate("window.updates") >= 4  # the answer arrived in pieces, not at once
 
-    # Stop a long answer mid-stream: the page says so and the server frees the slot.
+    # A new chat starts from an empty page.
+    page.click("#new-chat")
+    assert page.locator(".message").count() == 0 and page.is_visible("#empty")
+
+    # Stop a long answer mid-stream (greedy, so this conversation runs to its token limit): the page
+    # says so and the server frees the slot.
     page.fill("#num-predict", "1900")
     page.eval_on_selector("#temperature", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
     page.fill("#prompt", "Now talk for a long time")
     page.press("#prompt", "Enter")
-    page.wait_for_function("document.querySelectorAll('.message.assistant .bubble')[1]?.textContent.length > 0")
+    page.wait_for_function("document.querySelector('.message.assistant .bubble')?.textContent.length > 0")
     page.click("#stop")
-    second = page.locator(".message.assistant").nth(1)
-    second.locator(".meta").wait_for(timeout=10_000)
-    assert second.locator(".meta").inner_text() == "stopped"
+    reply = page.locator(".message.assistant")
+    reply.locator(".meta").wait_for(timeout=10_000)
+    assert reply.locator(".meta").inner_text() == "stopped"
     assert page.is_visible("#send") and not page.is_visible("#stop")
     deadline = time.monotonic() + 3
     while _busy(server) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert _busy(server) == 0
-
-    # A new chat starts from an empty page.
-    page.click("#new-chat")
-    assert page.locator(".message").count() == 0 and page.is_visible("#empty")
     assert errors == []
     page.close()
