@@ -128,6 +128,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(GPT2, vocab_size=50257, n_layer=24, n_head=16, d_model=1024, max_seq_len=1024),
     # Small Llama-style and Mixtral-style models that train on a laptop.
     "llama-tiny": dict(LLAMA, vocab_size=8192, n_layer=6, n_head=6, n_kv_head=2, d_model=384, d_ff=1024, max_seq_len=512),
+    "mistral-tiny": dict(LLAMA, vocab_size=8192, n_layer=6, n_head=6, n_kv_head=2, d_model=384, d_ff=1024, max_seq_len=512, sliding_window=256),
+    "qwen2-tiny": dict(LLAMA, vocab_size=8192, n_layer=6, n_head=6, n_kv_head=2, d_model=384, d_ff=1024, max_seq_len=512, qkv_bias=True, tie_embeddings=True),
     "mixtral-tiny": dict(LLAMA, vocab_size=8192, n_layer=4, n_head=6, n_kv_head=2, d_model=384, d_ff=768, max_seq_len=512, n_experts=4, n_experts_per_tok=2),
     # CPU presets for quick training runs (vocab_size is replaced by the tokenizer's).
     "cpu-tiny": dict(LLAMA, vocab_size=4096, n_layer=4, n_head=4, n_kv_head=4, d_model=128, d_ff=384, max_seq_len=256, tie_embeddings=True),
