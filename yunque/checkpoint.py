@@ -49,7 +49,7 @@ def save_checkpoint(
     """Write `root/step_NNNNNNN/` atomically, then delete all but the newest `keep_last`."""
     path = Path(root) / checkpoint_name(step)
     with atomic_dir(path, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        save_model(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
@@ -64,17 +64,42 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
     """Restore weights (and optimizer and RNG state) in place; return the trainer state."""
-    from yunque.model import Transformer
-
     path = Path(path)
     state = read_state(path)
-    saved = Transformer.from_pretrained(path)
-    model.load_state_dict(saved.state_dict())
+    load_weights(model, path)
     if optimizer is not None:
         meta = json.loads((path / "optimizer.json").read_text())
         optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta))
     _set_rng_state(load_file(path / "rng.safetensors"))
     return state
+
+
+def save_model(model: torch.nn.Module, path: str | Path) -> None:
+    """The model as a Hugging Face directory. Until `yunque.hf` lands (model branch), the
+    weights under yunque's own names plus config.json."""
+    try:
+        import yunque.hf  # noqa: F401
+    except ModuleNotFoundError:
+        from safetensors.torch import save_model as save_weights
+
+        save_weights(model, str(Path(path) / "model.safetensors"))
+        model.config.save(Path(path) / "config.json")
+        return
+    model.save_pretrained(path)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the weights `save_model` wrote into `model`, in place."""
+    try:
+        import yunque.hf  # noqa: F401
+    except ModuleNotFoundError:
+        from safetensors.torch import load_model
+
+        load_model(model, str(Path(path) / "model.safetensors"))
+        return
+    from yunque.model import Transformer
+
+    model.load_state_dict(Transformer.from_pretrained(path).state_dict())
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -74,6 +76,55 @@ def tokenizer_decode(
 
     tok = Tokenizer.from_pretrained(directory)
     typer.echo(tok.decode(parse_ids(_read_stdin_if_dash(ids))))
+
+
+@app.command("train")
+def train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="Token shard directory made by `yunque data prepare`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory: metrics.jsonl, checkpoints/, model/, loss.png."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of training settings (model overrides in its `model` table); flags override it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset, e.g. cpu-tiny, cpu-small, llama-tiny, gpt2."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds of training, then evaluate and save (the schedule decays to fit)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per process per micro-step."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step (global batch = batch × accum × processes)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Tokens per training sequence."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of matrices and embeddings."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: only at the end)."),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Cap on validation tokens per evaluation (default: the whole split)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (0: only at the end)."),
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Checkpoints to keep."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest complete checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation and batch sampling."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 autocast (default: bf16 on CUDA, fp32 on CPU)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch."),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."),
+) -> None:
+    """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
+    from yunque.train import parse_overrides, resolve_config, train
+
+    flags = {k: v for k, v in locals().items() if k not in ("config", "resume")}
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
+    flags["model"] = parse_overrides(model) if model else None
+    cfg = resolve_config(config, resume=resume, **flags)
+    result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque train --out {cfg.out} --resume`.")
+        raise typer.Exit(130)
+    console.print(
+        f"[bold green]done[/]: {result.step} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
+        f"[bold]{result.val_bpb:.4f} bits/byte[/]; model in {result.model_dir}",
+        highlight=False,
+    )
+    if result.sample:
+        console.print(f"sample: {result.sample!r}", highlight=False, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -185,6 +185,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool | None = None  # None: compile on CUDA only
+    threads: int | None = None  # CPU threads for PyTorch; None keeps its default (one per core)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -201,6 +202,7 @@ class TrainConfig:
         need(self.time_budget is None or self.time_budget > 0, f"time_budget must be positive, got {self.time_budget}")
         for name in ("batch_size", "grad_accum", "context", "keep_last", "log_every"):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        need(self.threads is None or self.threads > 0, f"threads must be positive, got {self.threads}")
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_tokens", "weight_decay", "grad_clip"):
             need(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")

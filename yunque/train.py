@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from yunque.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, save_model
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
@@ -87,9 +87,26 @@ def resolve_config(config_file: str | Path | None = None, resume: bool = False, 
             raise YunqueError(f"Nothing to resume: {out} has no complete checkpoint; start the run without --resume.")
         base = read_state(ckpt)["config"]
     merged = {**base, **from_file, **given}
+    merged["model"] = {**base.get("model", {}), **from_file.get("model", {}), **given.get("model", {})}
     if "time_budget" in {**from_file, **given} and "max_steps" not in {**from_file, **given}:
         merged["max_steps"] = None
     return TrainConfig.from_dict(merged)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["n_layer=6", "mlp=swiglu"]` -> `{"n_layer": 6, "mlp": "swiglu"}`: values read as TOML, else as text."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise YunqueError(f"Model override {item!r} is not FIELD=VALUE; write it like --model n_layer=6.")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
+    return out
 
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
@@ -158,13 +175,20 @@ def open_data(path: str | Path):
 
 def data_tokenizer(shards) -> tuple[int, str]:
     """(vocab_size, tokenizer fingerprint) recorded in the shards' metadata."""
-    return int(shards.meta["vocab_size"]), str(shards.meta["tokenizer_fingerprint"])
+    return int(shards.meta["vocab_size"]), str(shards.meta["tokenizer"]["fingerprint"])
 
 
 def load_tokenizer(shards):
+    """The tokenizer the shards were encoded with (its directory is recorded in their metadata)."""
     from yunque.tokenizer import Tokenizer
 
-    return Tokenizer.from_pretrained(shards.tokenizer_dir)
+    path = Path(shards.meta["tokenizer"]["path"])
+    if not path.is_dir():
+        raise YunqueError(f"The tokenizer the data in {shards.dir} was made with ({path}) is gone; restore it or prepare the data again.")
+    tokenizer = Tokenizer.from_pretrained(path)
+    if tokenizer.fingerprint != shards.meta["tokenizer"]["fingerprint"]:
+        raise YunqueError(f"The tokenizer at {path} has changed since the data in {shards.dir} was made; prepare the data again.")
+    return tokenizer
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -172,37 +196,33 @@ def load_tokenizer(shards):
 def evaluate(model: torch.nn.Module, shards, cfg: TrainConfig, device: torch.device, autocast: Any, world: int = 1, rank: int = 0) -> tuple[float, float, int]:
     """(mean val loss in nats/token, val bits per byte, tokens scored) over the val split.
 
-    Bits per byte = total nats ÷ (ln 2 × bytes). Over the whole split the byte count is the
-    loader's exact one; with `eval_tokens` the split's bytes are scaled by the share of tokens scored.
-    Under torchrun the batches are shared out between ranks and the sums all-reduced.
+    Bits per byte = nats over the text tokens ÷ (ln 2 × their UTF-8 bytes), as the loader
+    defines it (end-of-text separators carry no bytes and are left out). Over the whole split
+    the byte count is exact; with `eval_tokens` the split's bytes are scaled by the share of
+    tokens scored. Under torchrun the batches are shared out between ranks and the sums all-reduced.
     """
     from yunque.data import bits_per_byte
 
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, targets, text nats, text targets
     seen = 0
-    for i, (x, y) in enumerate(shards.iter_eval("val", cfg.batch_size, cfg.context)):
+    for i, (x, y, mask) in enumerate(shards.iter_eval("val", cfg.batch_size, cfg.context)):
         if cfg.eval_tokens is not None and seen >= cfg.eval_tokens:
             break
-        seen += int((y != -100).sum())
+        seen += y.numel()
         if i % world != rank:
             continue
-        x, y = x.to(device), y.to(device)
+        x, y, mask = x.to(device), y.to(device), mask.to(device)
         with autocast:
             logits = model(x)
-        sums[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum").double()
-        sums[1] += (y != -100).sum()
+        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").double()
+        sums += torch.stack([nats.sum(), nats.new_tensor(y.numel()), nats[mask.flatten()].sum(), mask.sum().double()])
     if world > 1:
         dist.all_reduce(sums)
     model.train(was_training)
-    nats, n = float(sums[0]), int(sums[1])
-    if n == 0:
-        raise YunqueError(f"The validation split of {cfg.data} has no tokens to score; prepare the data with a validation share.")
-    n_bytes = shards.bytes("val")
-    if n < shards.tokens("val") - 1:
-        n_bytes = n_bytes * n / shards.tokens("val")
-    return nats / n, bits_per_byte(nats, n_bytes), n
+    n_bytes = shards.bytes("val") * min(1.0, seen / (shards.tokens("val") - 1))
+    return float(sums[0] / sums[1]), bits_per_byte(float(sums[2]), n_bytes), int(sums[1])
 
 
 @torch.no_grad()
@@ -212,7 +232,7 @@ def sample(model: torch.nn.Module, tokenizer, n_tokens: int, device: torch.devic
     model.eval()
     g = torch.Generator(device=device)
     g.manual_seed(seed)
-    ids = torch.tensor([[tokenizer.eot_id]], device=device)
+    ids = torch.tensor([[tokenizer.eot_id or 0]], device=device)
     ctx = model.config.max_seq_len
     for _ in range(n_tokens):
         logits = model(ids[:, -ctx:])[:, -1].float() / temperature
@@ -356,6 +376,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     # Everything below up to the model's construction only reads metadata: bad input fails fast.
     shards = open_data(cfg.data)
     vocab_size, fingerprint = data_tokenizer(shards)
+    tokenizer = load_tokenizer(shards)
     mcfg = model_config(cfg, vocab_size)
     if resume_from is not None:
         saved = read_state(resume_from)
@@ -375,13 +396,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
 
     rank, local_rank, world = _distributed(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
-        return _run(cfg, shards, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
+        return _run(cfg, shards, tokenizer, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(cfg, shards, mcfg: ModelConfig, fingerprint: str, resume_from: Path | None, rank: int, local_rank: int, world: int, show_progress: bool) -> TrainResult:
+def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_from: Path | None, rank: int, local_rank: int, world: int, show_progress: bool) -> TrainResult:
     from yunque.model import Transformer
 
     out = Path(cfg.out)
@@ -393,6 +414,8 @@ def _run(cfg, shards, mcfg: ModelConfig, fingerprint: str, resume_from: Path | N
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = Transformer(mcfg).to(device)
     optimizer = torch.optim.AdamW(
@@ -402,7 +425,6 @@ def _run(cfg, shards, mcfg: ModelConfig, fingerprint: str, resume_from: Path | N
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, elapsed, tokens = state["step"], state["elapsed_s"], state["tokens"]
-    tokenizer = load_tokenizer(shards)
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is not None:
@@ -528,7 +550,7 @@ def _run(cfg, shards, mcfg: ModelConfig, fingerprint: str, resume_from: Path | N
     if lead and not interrupted:
         model_dir = out / "model"
         with atomic_dir(model_dir, overwrite=True) as tmp:
-            raw.save_pretrained(tmp)
+            save_model(raw, tmp)
             tokenizer.save_pretrained(tmp)
         plot_metrics(metrics_path, out / "loss.png")
     return TrainResult(
