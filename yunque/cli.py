@@ -78,6 +78,27 @@ def tokenizer_decode(
     typer.echo(tok.decode(parse_ids(_read_stdin_if_dash(ids))))
 
 
+@data_app.command("prepare")
+def data_prepare(
+    inputs: list[str] = typer.Argument(..., metavar="INPUTS...", help="Text files (.txt, .md, .jsonl with a \"text\" field), directories of them, or 'python-docs'."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer directory (from `yunque tokenizer train`)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write train.bin, val.bin and meta.json into."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the text held out for validation."),
+    strip_gutenberg: bool = typer.Option(False, "--strip-gutenberg", help="Drop Project Gutenberg headers and licences."),
+    force: bool = typer.Option(False, "--force", help="Replace shards already in --out."),
+) -> None:
+    """Encode text corpora into token shards (train.bin, val.bin, meta.json) for training."""
+    from yunque.data import prepare
+
+    meta = prepare(inputs, tokenizer, out, val_fraction=val_fraction, strip_gutenberg=strip_gutenberg, force=force)
+    for split, info in meta["splits"].items():
+        console.print(
+            f"{split:>5}: {info['documents']:,} documents, {info['tokens']:,} tokens, {info['bytes']:,} bytes "
+            f"({info['bytes'] / max(info['tokens'], 1):.2f} bytes/token)"
+        )
+    console.print(f"[green]wrote[/] {out} ({meta['dtype']}, split by {meta['split_by']})")
+
+
 @app.command("train")
 def train_command(
     data: Optional[Path] = typer.Option(None, "--data", help="Token shard directory made by `yunque data prepare`."),
