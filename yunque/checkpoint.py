@@ -49,7 +49,7 @@ def save_checkpoint(
     """Write `root/step_NNNNNNN/` atomically, then delete all but the newest `keep_last`."""
     path = Path(root) / checkpoint_name(step)
     with atomic_dir(path, overwrite=True) as tmp:
-        save_model(model, tmp)
+        model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
@@ -74,29 +74,8 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     return state
 
 
-def save_model(model: torch.nn.Module, path: str | Path) -> None:
-    """The model as a Hugging Face directory. Until `yunque.hf` lands (model branch), the
-    weights under yunque's own names plus config.json."""
-    try:
-        import yunque.hf  # noqa: F401
-    except ModuleNotFoundError:
-        from safetensors.torch import save_model as save_weights
-
-        save_weights(model, str(Path(path) / "model.safetensors"))
-        model.config.save(Path(path) / "config.json")
-        return
-    model.save_pretrained(path)
-
-
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load the weights `save_model` wrote into `model`, in place."""
-    try:
-        import yunque.hf  # noqa: F401
-    except ModuleNotFoundError:
-        from safetensors.torch import load_model
-
-        load_model(model, str(Path(path) / "model.safetensors"))
-        return
+    """Load the weights of the Hugging Face directory `path` into `model`, in place."""
     from yunque.model import Transformer
 
     model.load_state_dict(Transformer.from_pretrained(path).state_dict())

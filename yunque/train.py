@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint, save_model
+from yunque.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
@@ -95,7 +95,10 @@ def resolve_config(config_file: str | Path | None = None, resume: bool = False, 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["n_layer=6", "mlp=swiglu"]` -> `{"n_layer": 6, "mlp": "swiglu"}`: values read as TOML, else as text."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     out: dict[str, Any] = {}
     for item in items:
@@ -109,14 +112,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def model_config(cfg: TrainConfig, vocab_size: int) -> ModelConfig:
-    """The preset with the run's overrides; the vocabulary always comes from the data's tokenizer."""
+def model_config(cfg: TrainConfig, vocab_size: int, eot_id: int | None = None) -> ModelConfig:
+    """The preset with the run's overrides; the vocabulary (and end-of-text id) come from the data's tokenizer."""
     if cfg.model.get("vocab_size", vocab_size) != vocab_size:
         raise YunqueError(
             f"The model's vocab_size ({cfg.model['vocab_size']}) does not match the data's tokenizer ({vocab_size}); "
             "drop vocab_size from the model settings or prepare the data with the model's tokenizer."
         )
-    return preset(cfg.preset, **{"max_seq_len": cfg.context, **cfg.model, "vocab_size": vocab_size})
+    return preset(cfg.preset, **{"max_seq_len": cfg.context, "bos_token_id": eot_id, "eos_token_id": eot_id, **cfg.model, "vocab_size": vocab_size})
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -377,7 +380,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     shards = open_data(cfg.data)
     vocab_size, fingerprint = data_tokenizer(shards)
     tokenizer = load_tokenizer(shards)
-    mcfg = model_config(cfg, vocab_size)
+    mcfg = model_config(cfg, vocab_size, shards.eot_id)
     if resume_from is not None:
         saved = read_state(resume_from)
         if saved["tokenizer_fingerprint"] != fingerprint:
@@ -550,7 +553,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
     if lead and not interrupted:
         model_dir = out / "model"
         with atomic_dir(model_dir, overwrite=True) as tmp:
-            save_model(raw, tmp)
+            raw.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         plot_metrics(metrics_path, out / "loss.png")
     return TrainResult(
