@@ -107,9 +107,15 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` checkpoints. Each is renamed to a hidden name
     first, so a kill during deletion never leaves a half-deleted directory that looks complete."""
     for old in list_checkpoints(root)[:-keep_last]:
-        doomed = old.with_name(f".{old.name}.deleting-{os.getpid()}")
-        os.replace(old, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        discard_checkpoint(old)
+
+
+def discard_checkpoint(path: str | Path) -> None:
+    """Delete one checkpoint: hidden by a rename first, then removed."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -113,11 +113,16 @@ def train_command(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps."),
+    decay_steps: Optional[int] = typer.Option(None, "--decay-steps", help="Schedule length in steps (default: --max-steps)."),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="The schedule ends at lr × this (0 decays to zero)."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of matrices and embeddings."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: only at the end)."),
     eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Cap on validation tokens per evaluation (default: the whole split)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (0: only at the end)."),
     keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Checkpoints to keep."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Append train metrics every N steps."),
+    sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="Tokens of sample text at each evaluation (0: none)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest complete checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation and batch sampling."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
@@ -127,10 +132,9 @@ def train_command(
     model: Optional[list[str]] = typer.Option(None, "--model", help="Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."),
 ) -> None:
     """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k not in ("config", "resume")}
     from yunque.train import parse_overrides, resolve_config, train
 
-    flags = {k: v for k, v in locals().items() if k not in ("config", "resume")}
-    flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
     flags["model"] = parse_overrides(model) if model else None
     cfg = resolve_config(config, resume=resume, **flags)
     result = train(cfg, resume=resume)

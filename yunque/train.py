@@ -36,7 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from yunque.checkpoint import discard_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
@@ -454,9 +454,9 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
             "world_size": world,
         }
 
-    def checkpoint() -> Path | None:
+    def checkpoint(keep_last: int | None = None) -> Path | None:
         if lead:
-            return save_checkpoint(ckpt_root, step, raw, optimizer, state(), tokenizer=tokenizer, keep_last=cfg.keep_last)
+            return save_checkpoint(ckpt_root, step, raw, optimizer, state(), tokenizer=tokenizer, keep_last=keep_last)
         return None
 
     def run_eval() -> dict[str, Any]:
@@ -470,6 +470,9 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         return (cfg.max_steps is not None and step >= cfg.max_steps) or (cfg.time_budget is not None and elapsed >= cfg.time_budget)
 
     last_ckpt = resume_from
+    # A checkpoint's weights are only known good once a step computes a finite loss from them:
+    # until then it is "unproven", and older checkpoints are pruned only after that proof.
+    unproven: Path | None = None
     train_loss = None
     interrupted = False
     final: dict[str, Any] = {}
@@ -501,10 +504,21 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
                 shared[0] /= world
             train_loss = float(shared[0])
             if not math.isfinite(train_loss):
+                if unproven is not None:
+                    discard_checkpoint(unproven)
+                    last_ckpt = latest_checkpoint(ckpt_root)
+                if last_ckpt is None:
+                    raise YunqueError(
+                        f"Training stopped at step {step + 1} because the loss became {train_loss} before any checkpoint "
+                        "was saved; lower --lr or raise --warmup-steps and start again."
+                    )
                 raise YunqueError(
-                    f"Training stopped at step {step + 1} because the loss became {train_loss}; the last good checkpoint "
-                    f"is {last_ckpt or 'none (none was saved yet)'}: lower --lr or raise --warmup-steps and start again or --resume."
+                    f"Training stopped at step {step + 1} because the loss became {train_loss}; the last good checkpoint, "
+                    f"{last_ckpt}, is kept: lower --lr or raise --warmup-steps and continue with --resume."
                 )
+            if unproven is not None:
+                prune_checkpoints(ckpt_root, cfg.keep_last)
+                unproven = None
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -536,7 +550,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
                 if lead:
                     _append_jsonl(metrics_path, record)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not done():
-                last_ckpt = checkpoint()
+                last_ckpt = unproven = checkpoint()
             fraction = max(step / cfg.max_steps if cfg.max_steps else 0.0, elapsed / cfg.time_budget if cfg.time_budget else 0.0)
             bar.update(task, completed=100 * min(fraction, 1.0), info=f"step {step} loss {train_loss:.3f} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
             if float(shared[1]) > 0:
@@ -548,7 +562,9 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         if lead:
             _append_jsonl(metrics_path, {"step": step, "tokens": tokens, "elapsed_s": elapsed, **final})
     if last_ckpt is None or read_state(last_ckpt)["step"] != step:
-        last_ckpt = checkpoint()
+        last_ckpt = checkpoint(keep_last=cfg.keep_last)
+    elif lead:
+        prune_checkpoints(ckpt_root, cfg.keep_last)
     model_dir = None
     if lead and not interrupted:
         model_dir = out / "model"
