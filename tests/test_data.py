@@ -174,11 +174,14 @@ def test_interrupted_prepare_leaves_nothing(tmp_path, tok_dir, many_docs, monkey
         (["corpus.jsonl", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
         (["corpus.jsonl", "--tokenizer", "nowhere"], "does not exist"),
         (["tiny.txt"], "too small to hold out a validation split"),
+        (["latin1.txt"], "latin1.txt is not UTF-8 text (first bad byte at offset 1)"),
+        (["corpus.jsonl", "--tokenizer", "corpus.jsonl"], "corpus.jsonl"),
     ],
 )
 def test_cli_bad_input_is_one_sentence_and_writes_nothing(tmp_path, tok_dir, many_docs, monkeypatch, args, fragment):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.txt").write_text("x")
+    (tmp_path / "latin1.txt").write_bytes("año".encode("latin-1"))
     full = ["data", "prepare", *args, "--out", "shards"]
     if "--tokenizer" not in args:
         full += ["--tokenizer", str(tok_dir)]

@@ -190,6 +190,19 @@ def inspect(
     console.print(table)
 
 
+@app.command("quickstart")
+def quickstart_command(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
+    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
+) -> None:
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline."""
+    from yunque.quickstart import quickstart, render
+
+    with console.status("starting") as status:
+        report = quickstart(out, vocab_size, progress=False, on_stage=lambda _, what: status.update(f"{what}..."))
+    render(report, console)
+
+
 def main() -> None:
     """Entry point: user mistakes become one red sentence and exit code 1, never a traceback."""
     try:

@@ -182,6 +182,8 @@ def prepare(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.eot_id is None:
+        raise YunqueError(f"The tokenizer in {tokenizer_dir} has no <|endoftext|> token to separate documents; use one trained by yunque.")
     t0 = time.perf_counter()
 
     def docs() -> Iterator[str]:
