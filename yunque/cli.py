@@ -203,6 +203,48 @@ def quickstart_command(
     render(report, console)
 
 
+@app.command()
+def generate(
+    model_dir: Path = typer.Argument(..., help="Model directory (config.json, model.safetensors, tokenizer.json)."),
+    prompt: str = typer.Argument(..., help="Text to continue, or '-' to read it from standard input."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 means greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: the smallest set of tokens with this much probability (1: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min_p times the most likely one (0: off)."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalise tokens already seen (1: off)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable); it is not printed."),
+    truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt longer than the context instead of failing."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize the weights to int8 (faster decoding on CPU)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print token counts and tokens per second to stderr."),
+) -> None:
+    """Continue PROMPT with a model, streaming the text as it is generated."""
+    from yunque.engine import generate as generate_text
+    from yunque.engine import load
+    from yunque.sampling import SamplingParams
+
+    params = SamplingParams(  # checked before the model is loaded: cheap mistakes fail fast
+        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop), truncate=truncate,
+    )
+    text = sys.stdin.read() if prompt == "-" else prompt
+    model, tokenizer = load(model_dir, int8=int8)
+    stream = generate_text(model, tokenizer, text, params)
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if verbose:
+        r = stream.result
+        err_console.print(
+            f"{r.prompt_tokens} prompt tokens in {r.prompt_seconds:.2f} s, {r.generated_tokens} generated in "
+            f"{r.generation_seconds:.2f} s ({r.tokens_per_second:.1f} tokens/s), finish reason: {r.finish_reason}"
+            + (" (prompt truncated)" if r.prompt_truncated else ""),
+            highlight=False,
+        )
+
+
 def main() -> None:
     """Entry point: user mistakes become one red sentence and exit code 1, never a traceback."""
     try:
