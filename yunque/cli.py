@@ -126,7 +126,7 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest complete checkpoint."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation and batch sampling."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 autocast (default: bf16 on CUDA, fp32 on CPU)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 autocast (default: bf16 on CUDA and on CPUs with native bf16, else fp32)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA only)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch."),
     model: Optional[list[str]] = typer.Option(None, "--model", help="Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."),
@@ -194,12 +194,21 @@ def inspect(
 def quickstart_command(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
     vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(180.0, "--train-seconds", help="Seconds to train the model for."),
 ) -> None:
-    """Run the pipeline on the built-in corpus (Python's own documentation), offline."""
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
     from yunque.quickstart import quickstart, render
 
     with console.status("starting") as status:
-        report = quickstart(out, vocab_size, progress=False, on_stage=lambda _, what: status.update(f"{what}..."))
+
+        def on_stage(name: str, what: str) -> None:
+            if name == "train":  # the trainer shows its own progress bar
+                status.stop()
+                console.print(f"{what} for {train_seconds:.0f} s...")
+            else:
+                status.update(f"{what}...")
+
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage)
     render(report, console)
 
 

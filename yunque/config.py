@@ -183,7 +183,7 @@ class TrainConfig:
     sample_tokens: int = 48
     seed: int = 1337
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
     compile: bool | None = None  # None: compile on CUDA only
     threads: int | None = None  # CPU threads for PyTorch; None keeps its default (one per core)
 

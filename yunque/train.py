@@ -228,25 +228,33 @@ def evaluate(model: torch.nn.Module, shards, cfg: TrainConfig, device: torch.dev
     return float(sums[0] / sums[1]), bits_per_byte(float(sums[2]), n_bytes), int(sums[1])
 
 
-@torch.no_grad()
-def sample(model: torch.nn.Module, tokenizer, n_tokens: int, device: torch.device, seed: int, temperature: float = 0.8, top_k: int = 40) -> str:
-    """A short text sampled from the model with its own generator (the training RNG is untouched)."""
+def sample(model: torch.nn.Module, tokenizer, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int = 40) -> str:
+    """A short text the model writes after an end-of-text token (yunque.engine, seeded; the
+    training RNG is left as it was)."""
+    from yunque.engine import generate_ids
+
     was_training = model.training
     model.eval()
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    ids = torch.tensor([[tokenizer.eot_id or 0]], device=device)
-    ctx = model.config.max_seq_len
-    for _ in range(n_tokens):
-        logits = model(ids[:, -ctx:])[:, -1].float() / temperature
-        kth = logits.topk(min(top_k, logits.size(-1))).values[:, -1:]
-        probs = logits.masked_fill(logits < kth, float("-inf")).softmax(-1)
-        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], dim=1)
+    with torch.random.fork_rng(devices=[]):
+        stream = generate_ids(
+            model, [tokenizer.eot_id or 0], max_new_tokens=n_tokens, temperature=temperature, top_k=top_k, seed=seed, stop_token_ids=()
+        )
+        ids = list(stream)
     model.train(was_training)
-    return tokenizer.decode(ids[0, 1:].tolist())
+    return tokenizer.decode(ids)
 
 
 # ---------------------------------------------------------------------------- plumbing
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). There bf16 autocast trains
+    small models 1.6-3x faster than fp32 (docs/benchmarks.md); elsewhere it would be emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -413,7 +421,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
     metrics_path = out / "metrics.jsonl"
     lead = rank == 0
     device = _device(cfg, local_rank)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and (device.type == "cuda" or cpu_has_bf16()))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
@@ -463,7 +471,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         val_loss, bpb, n = evaluate(raw, shards, cfg, device, autocast, world, rank)
         record = {"val_loss": val_loss, "val_bpb": bpb, "val_tokens": n}
         if lead and cfg.sample_tokens:
-            record["sample"] = sample(raw, tokenizer, cfg.sample_tokens, device, cfg.seed)
+            record["sample"] = sample(raw, tokenizer, cfg.sample_tokens, cfg.seed)
         return record
 
     def done() -> bool:
