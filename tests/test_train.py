@@ -157,6 +157,14 @@ def test_time_budget_stops_evaluates_and_saves(data, tmp_path):
     assert state["step"] == result.step and state["elapsed_s"] >= 1.5
 
 
+def test_toml_config_with_flags_on_top(data, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = "{data}"\nlr = 1e-3\nbatch_size = 8\ntime_budget = 60\n[model]\nn_layer = 3\nd_model = 48\n')
+    cfg = resolve_config(toml, lr=5e-4, model={"n_head": 4}, out=str(tmp_path / "run"))
+    assert (cfg.lr, cfg.batch_size, cfg.time_budget, cfg.max_steps) == (5e-4, 8, 60, None)
+    assert cfg.model == {"n_layer": 3, "d_model": 48, "n_head": 4}
+
+
 def test_lr_schedules():
     cos = TrainConfig(lr=1.0, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
     assert lr_at(cos, 0) == pytest.approx(0.1) and lr_at(cos, 9) == pytest.approx(1.0)
