@@ -221,6 +221,7 @@ def test_inconsistent_configs_are_rejected_before_any_allocation(data, other_dat
         "n_head": dict(model={**TINY, "n_head": 3}),
         "does not exist": dict(data=str(tmp_path / "nowhere")),
         "split": dict(context=200000, eval_tokens=None),
+        **({} if torch.cuda.is_available() else {"CUDA": dict(device="cuda")}),
     }
     for needle, kw in cases.items():
         with pytest.raises(YunqueError, match=needle):

@@ -295,11 +295,12 @@ def _distributed(device_kind: str) -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
+def _device_kind(cfg: TrainConfig) -> str:
+    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise YunqueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
+    if _device_kind(cfg) == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -405,7 +406,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                 "use a shorter --context or more data."
             )
 
-    rank, local_rank, world = _distributed(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if _device_kind(cfg) == "cuda" and not torch.cuda.is_available():
+        raise YunqueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
+    rank, local_rank, world = _distributed(_device_kind(cfg))
     try:
         return _run(cfg, shards, tokenizer, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
     finally:
