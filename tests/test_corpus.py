@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from yunque.corpus import iter_documents, normalise, python_docs, strip_gutenberg_boilerplate
+from yunque.corpus import _python_docs_pages, iter_documents, normalise, python_docs, strip_gutenberg_boilerplate
 from yunque.errors import YunqueError
 
 
@@ -31,6 +31,8 @@ def test_directories_recursive_sorted_and_filtered(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "gamma"}\n')
     (tmp_path / "image.png").write_bytes(b"\x89PNG\xff\xfe")  # skipped inside a directory
     (tmp_path / "empty.txt").write_text("  \n")  # whitespace-only documents are skipped
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "notes.txt").write_text("hidden")  # hidden entries are skipped
     assert list(iter_documents([tmp_path])) == ["alpha", "zeta", "gamma"]
 
 
@@ -87,12 +89,18 @@ def test_paths_are_checked_before_any_document(tmp_path):
         next(docs)
 
 
-def test_python_docs_builtin_corpus():
+def test_python_docs_builtin_corpus(monkeypatch):
     docs = python_docs()
-    assert docs == python_docs()  # deterministic (and cached)
+    # Collected again with a different environment and directory: the same text, and none
+    # of the user's variables (cgi's signatures print os.environ as a default value).
+    monkeypatch.setenv("YUNQUE_CANARY", "canary-8d1f")
+    monkeypatch.chdir("/")
+    _python_docs_pages.cache_clear()
+    assert python_docs() == docs
     size = sum(len(d.encode()) for d in docs)
     assert len(docs) > 300 and size > 1_000_000
     joined = "\n".join(docs)
+    assert "canary-8d1f" not in joined and " at 0x" not in joined
     assert "module json\n" in joined and "JSON (JavaScript Object Notation)" in joined
     assert "The \"if\" statement" in joined  # a pydoc_data topic
     assert list(iter_documents(["python-docs"])) == [d for d in docs if d.strip()]

@@ -82,13 +82,35 @@ def _own_doc(obj) -> str:
     return inspect.cleandoc(doc) if isinstance(doc, str) else ""
 
 
+class _Elided:
+    def __repr__(self) -> str:
+        return "..."
+
+
+_ELIDED = _Elided()
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(value) -> bool:
+    """A short literal default; anything else (os.environ, sentinels printed with their
+    address) would put this machine's state, or run-to-run noise, into the corpus."""
+    if isinstance(value, tuple):
+        return all(_plain(v) for v in value) and len(repr(value)) <= 80
+    if isinstance(value, str) and (sys.prefix in value or sys.base_prefix in value):
+        return False  # where this Python is installed
+    return isinstance(value, _SCALARS) and len(repr(value)) <= 80
+
+
 def _signature(obj) -> str:
     try:
-        sig = str(inspect.signature(obj))
+        sig = inspect.signature(obj)
     except Exception:  # noqa: BLE001 - builtins may carry signatures that cannot be evaluated
         return ""
-    # Default values printed as `<object at 0x7f...>` differ between runs.
-    return "" if " at 0x" in sig else sig
+    params = [
+        p.replace(default=_ELIDED) if p.default is not p.empty and not _plain(p.default) else p
+        for p in sig.parameters.values()
+    ]
+    return str(sig.replace(parameters=params))
 
 
 def _belongs(obj, module_name: str) -> bool:

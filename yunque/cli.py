@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -26,44 +28,6 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-@app.command()
-def inspect(
-    model_dir: str = typer.Argument(..., help="A Hugging Face model directory (config.json + *.safetensors)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
-) -> None:
-    """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
-    import json
-
-    from rich.table import Table
-
-    from yunque.hf import describe
-
-    info = describe(model_dir)
-    if json_output:
-        console.print_json(json.dumps(info))
-        return
-    table = Table(title=info["path"], show_header=False, title_justify="left")
-    table.add_column(style="bold cyan")
-    table.add_column()
-    params = f"{info['parameters']:,}"
-    if info["experts"]:
-        params += f" ({info['active_parameters']:,} active per token, experts {info['experts']})"
-    rows = [
-        ("family", f"{info['family']} ({info['architecture']})"),
-        ("parameters", params),
-        ("non-embedding", f"{info['non_embedding_parameters']:,}"),
-        ("FLOPs per token", f"{info['flops_per_token'] / 1e6:,.1f} M (training, at full context)"),
-        ("context", f"{info['context']:,} tokens" + (f", sliding window {info['sliding_window']:,}" if info["sliding_window"] else "")),
-        ("vocabulary", f"{info['vocab_size']:,}" + (" (tied embeddings)" if info["tied_embeddings"] else "")),
-        ("shape", f"{info['layers']} layers, d_model {info['d_model']}, {info['heads']} heads, {info['kv_heads']} kv heads"),
-        ("dtype", str(info["dtype"])),
-        ("on disk", f"{info['size_bytes'] / 2**20:,.1f} MiB in {len(info['files'])} file(s)"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
 
 
 def _read_stdin_if_dash(values: list[str]) -> list[str]:
@@ -169,6 +133,140 @@ def stop_cmd(name: str = typer.Argument(..., help="Model to unload from the runn
 
     Client().stop(name)
     console.print(f"stopped {name}", highlight=False)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    inputs: list[str] = typer.Argument(..., metavar="INPUTS...", help="Text files (.txt, .md, .jsonl with a \"text\" field), directories of them, or 'python-docs'."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Tokenizer directory (from `yunque tokenizer train`)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write train.bin, val.bin and meta.json into."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the text held out for validation."),
+    strip_gutenberg: bool = typer.Option(False, "--strip-gutenberg", help="Drop Project Gutenberg headers and licences."),
+    force: bool = typer.Option(False, "--force", help="Replace shards already in --out."),
+) -> None:
+    """Encode text corpora into token shards (train.bin, val.bin, meta.json) for training."""
+    from yunque.data import prepare
+
+    meta = prepare(inputs, tokenizer, out, val_fraction=val_fraction, strip_gutenberg=strip_gutenberg, force=force)
+    for split, info in meta["splits"].items():
+        console.print(
+            f"{split:>5}: {info['documents']:,} documents, {info['tokens']:,} tokens, {info['bytes']:,} bytes "
+            f"({info['bytes'] / max(info['tokens'], 1):.2f} bytes/token)"
+        )
+    console.print(f"[green]wrote[/] {out} ({meta['dtype']}, split by {meta['split_by']})")
+
+
+@app.command("train")
+def train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="Token shard directory made by `yunque data prepare`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory: metrics.jsonl, checkpoints/, model/, loss.png."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of training settings (model overrides in its `model` table); flags override it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset, e.g. cpu-tiny, cpu-small, llama-tiny, gpt2."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds of training, then evaluate and save (the schedule decays to fit)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per process per micro-step."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step (global batch = batch × accum × processes)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Tokens per training sequence."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps."),
+    decay_steps: Optional[int] = typer.Option(None, "--decay-steps", help="Schedule length in steps (default: --max-steps)."),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="The schedule ends at lr × this (0 decays to zero)."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of matrices and embeddings."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: only at the end)."),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Cap on validation tokens per evaluation (default: the whole split)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (0: only at the end)."),
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Checkpoints to keep."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Append train metrics every N steps."),
+    sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="Tokens of sample text at each evaluation (0: none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest complete checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation and batch sampling."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 autocast (default: bf16 on CUDA and on CPUs with native bf16, else fp32)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch."),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."),
+) -> None:
+    """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k not in ("config", "resume")}
+    from yunque.train import parse_overrides, resolve_config, train
+
+    flags["model"] = parse_overrides(model) if model else None
+    cfg = resolve_config(config, resume=resume, **flags)
+    result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque train --out {cfg.out} --resume`.")
+        raise typer.Exit(130)
+    console.print(
+        f"[bold green]done[/]: {result.step} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
+        f"[bold]{result.val_bpb:.4f} bits/byte[/]; model in {result.model_dir}",
+        highlight=False,
+    )
+    if result.sample:
+        console.print(f"sample: {result.sample!r}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(
+    model_dir: str = typer.Argument(..., help="A Hugging Face model directory (config.json + *.safetensors)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
+) -> None:
+    """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
+    import json
+
+    from rich.table import Table
+
+    from yunque.hf import describe
+
+    info = describe(model_dir)
+    if json_output:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(title=info["path"], show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column()
+    params = f"{info['parameters']:,}"
+    if info["experts"]:
+        params += f" ({info['active_parameters']:,} active per token, experts {info['experts']})"
+    rows = [
+        ("family", f"{info['family']} ({info['architecture']})"),
+        ("parameters", params),
+        ("non-embedding", f"{info['non_embedding_parameters']:,}"),
+        ("FLOPs per token", f"{info['flops_per_token'] / 1e6:,.1f} M (training, at full context)"),
+        ("context", f"{info['context']:,} tokens" + (f", sliding window {info['sliding_window']:,}" if info["sliding_window"] else "")),
+        ("vocabulary", f"{info['vocab_size']:,}" + (" (tied embeddings)" if info["tied_embeddings"] else "")),
+        ("shape", f"{info['layers']} layers, d_model {info['d_model']}, {info['heads']} heads, {info['kv_heads']} kv heads"),
+        ("dtype", str(info["dtype"])),
+        ("on disk", f"{info['size_bytes'] / 2**20:,.1f} MiB in {len(info['files'])} file(s)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command("quickstart")
+def quickstart_command(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
+    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(180.0, "--train-seconds", help="Seconds to train the model for."),
+) -> None:
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
+    from yunque.quickstart import quickstart, render
+
+    with console.status("starting") as status:
+
+        def on_stage(name: str, what: str) -> None:
+            if name == "train":  # the trainer shows its own progress bar
+                status.stop()
+                console.print(f"{what} for {train_seconds:.0f} s...")
+            else:
+                status.update(f"{what}...")
+
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage)
+    render(report, console)
 
 
 @app.command()

@@ -14,6 +14,7 @@ skipped. With `strip_gutenberg`, Project Gutenberg's header and licence are remo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -28,6 +29,7 @@ from yunque.errors import YunqueError
 BUILTIN_CORPUS = "python-docs"
 SUFFIXES = (".txt", ".md", ".jsonl")
 _COLLECT_TIMEOUT_S = 300
+log = logging.getLogger(__name__)
 
 _GUTENBERG_START = re.compile(r"^\*\*\*\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*$", re.I | re.M)
 _GUTENBERG_END = re.compile(r"^\*\*\*\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
@@ -73,7 +75,11 @@ def _expand(paths: Sequence[str | os.PathLike]) -> list[Path | str]:
                 continue
             raise YunqueError(f"Input {path} does not exist; check the path (or use 'python-docs' for the built-in corpus).")
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            # Hidden entries (.git, editors' backups, yunque's own temporary directories) are not corpus.
+            files = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and p.suffix.lower() in SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not files:
                 raise YunqueError(f"Directory {path} holds no .txt, .md or .jsonl files; point at a directory of text.")
             found.extend(files)
@@ -116,7 +122,7 @@ def iter_documents(paths: Sequence[str | os.PathLike], strip_gutenberg: bool = F
     """Yield the normalised documents of `paths` (files, directories, or 'python-docs') in order.
 
     Directories are walked recursively in sorted order, taking .txt, .md and .jsonl files
-    and skipping others. All paths are checked before the first document is yielded.
+    and skipping others and hidden ones. All paths are checked before the first document is yielded.
     """
     sources = _expand(paths)
     count = 0
@@ -136,7 +142,9 @@ def iter_documents(paths: Sequence[str | os.PathLike], strip_gutenberg: bool = F
 @lru_cache(maxsize=1)
 def _python_docs_pages() -> tuple[tuple[str, str], ...]:
     script = Path(__file__).with_name("_stdlib_docs.py")
-    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "PYTHONSTARTUP")}
+    # A bare environment: no display to open windows on, nothing of the user's variables
+    # to leak into the corpus, and a fixed hash seed so that nothing depends on the run.
+    env = {"PATH": os.defpath, "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}
     with tempfile.TemporaryDirectory(prefix="yunque-pydocs-") as tmp:
         out = Path(tmp) / "pages.json"
         reason = "it did not finish in time"
@@ -162,6 +170,9 @@ def _python_docs_pages() -> tuple[tuple[str, str], ...]:
                 f"Could not collect the built-in 'python-docs' corpus from this Python ({reason}); pass your own text files instead."
             )
         pages = json.loads(out.read_text(encoding="utf-8"))
+    size = sum(len(text.encode("utf-8")) for _, text in pages)
+    modules = sum(title.startswith("module ") for title, _ in pages)
+    log.info("python-docs: %d pages (%d help topics, %d modules), %.2f MB", len(pages), len(pages) - modules, modules, size / 1e6)
     return tuple((title, text) for title, text in pages)
 
 
