@@ -13,6 +13,7 @@ from yunque.data import TokenShards
 from yunque.errors import YunqueError
 from yunque.model import Transformer
 from yunque.quickstart import quickstart
+from yunque.store import get
 from yunque.tokenizer import Tokenizer
 
 THREADS = torch.get_num_threads()
@@ -35,11 +36,13 @@ def test_quickstart_builds_tokenizer_shards_and_a_model(tmp_path):
     assert report["vocab_size"] == tok.vocab_size == 1024
     assert report["tokenizer_fingerprint"] == tok.fingerprint == shards.meta["tokenizer"]["fingerprint"]
     assert report["corpus_bytes"] == shards.bytes("train") + shards.bytes("val") > 1_000_000
-    assert set(report["seconds"]) == {"corpus", "tokenizer", "shards", "train"}
+    assert set(report["seconds"]) == {"corpus", "tokenizer", "shards", "train", "store"}
+    assert report["model_name"] == "quickstart:latest" and "yunque run quickstart:latest" in result.output
     assert report["train"]["steps"] >= 1 and 0 < report["train"]["val_bpb"] < 8 and report["train"]["sample"]
     model = Transformer.from_pretrained(run / "train" / "model")
     assert model.config.vocab_size == 1024 and model.num_params() == report["train"]["parameters"]
     assert Tokenizer.from_pretrained(run / "train" / "model").fingerprint == tok.fingerprint
+    assert get("quickstart").digest and Transformer.from_pretrained(get("quickstart").path).num_params() == report["train"]["parameters"]
     # Running it again replaced the run's own outputs with identical tokenizer and shards (and a new model).
     assert again.tokenizer_fingerprint == tok.fingerprint and again.shards["splits"] == shards.meta["splits"]
 

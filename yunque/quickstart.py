@@ -32,6 +32,7 @@ from yunque.fsutil import write_text_atomic
 DEFAULT_RUN_DIR = Path("runs") / "quickstart"
 DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_TRAIN_SECONDS = 180.0
+STORE_NAME = "quickstart"  # the trained model's name in the local store (replaced by each run)
 # What a quickstart run directory may hold; anything else means --out points at someone's files.
 RUN_ENTRIES = {"tokenizer", "data", "train", "quickstart.json"}
 # The model and optimizer settings of the CPU speedrun (benchmarks/cpu_speedrun.py): the best
@@ -72,6 +73,7 @@ class QuickstartReport:
     shards: dict[str, Any] = field(default_factory=dict)  # the shards' meta.json
     train: dict[str, Any] = field(default_factory=dict)  # steps, tokens, parameters, val loss and bpb, sample
     seconds: dict[str, float] = field(default_factory=dict)  # stage name -> wall time
+    model_name: str = ""  # the model's name in the local store
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -140,12 +142,20 @@ def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
     }
 
 
+def save_to_store(report: QuickstartReport, options: QuickstartOptions) -> None:
+    """Add the trained model to the local store, so `yunque run` and `yunque serve` find it by name."""
+    from yunque.store import import_model
+
+    report.model_name = str(import_model(report.model_dir, STORE_NAME).name)
+
+
 Stage = tuple[str, str, Callable[[QuickstartReport, QuickstartOptions], None]]
 STAGES: list[Stage] = [
     ("corpus", "Collecting Python's own documentation", read_corpus),
     ("tokenizer", "Training a tokenizer", train_tokenizer_stage),
     ("shards", "Encoding token shards", prepare_shards),
     ("train", "Training a small model", train_model),
+    ("store", "Adding the model to the store", save_to_store),
 ]
 
 
@@ -236,6 +246,8 @@ def render(report: QuickstartReport, console) -> None:
     console.print(Panel(Text(train["sample"] or ""), title="a sample from the model", title_align="left", border_style="cyan"))
     console.print(
         Panel(
+            f"Chat with your model, or serve it (web chat at http://127.0.0.1:11434/ui):\n"
+            f"  yunque run {report.model_name}\n  yunque serve\n"
             f"Generate from your model:\n  yunque generate {report.model_dir} \"def \"\n"
             f"Watch it learn: {report.train_dir / 'loss.png'}; train longer, or on your own text:\n"
             "  yunque tokenizer train FILES --vocab-size 4096 --out my-tokenizer\n"
