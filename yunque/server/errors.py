@@ -54,6 +54,16 @@ class ServerBusy(APIError):
         super().__init__(503, "server busy: too many requests are queued; retry shortly")
 
 
+def in_stream_error(exc: Exception) -> APIError:
+    """The error to write into a stream whose 200 status line is already sent; bugs are logged with their traceback."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, YunqueError):
+        return APIError(400, str(exc))
+    log.error("generation failed mid-stream", exc_info=exc)
+    return APIError(500, f"generation failed ({type(exc).__name__}); see the server log")
+
+
 def error_body(path: str, err: APIError) -> dict:
     """The JSON body for `err` in the dialect of the API that `path` belongs to."""
     if path.startswith("/v1"):

@@ -22,7 +22,7 @@ from yunque import store
 from yunque.chat import chat_settings
 from yunque.modelfile import Modelfile, render_modelfile
 from yunque.server import generation as gen
-from yunque.server.errors import APIError
+from yunque.server.errors import APIError, in_stream_error
 from yunque.server.manager import LoadedModel, ModelManager, lookup
 from yunque.server.settings import parse_keep_alive
 
@@ -211,9 +211,11 @@ async def _answer(
                     return
                 yield {"model": model, "created_at": _now(), **shape(item), "done": False}
                 item = await anext(stream_it)
+        except Exception as e:  # the status line is sent: report as Ollama does, in the stream
+            yield {"error": in_stream_error(e).message}
         finally:
+            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
             await stream_it.aclose()
-            manager.release(lm)
 
     return _ndjson(chunks())
 

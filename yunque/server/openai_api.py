@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from yunque import store
 from yunque.server import generation as gen
-from yunque.server.errors import APIError
+from yunque.server.errors import APIError, error_body, in_stream_error
 from yunque.server.manager import LoadedModel, lookup
 
 router = APIRouter(prefix="/v1")
@@ -173,9 +173,11 @@ async def _respond(
             yield delta(None, item.finish_reason)
             if include_usage:
                 yield {**delta(None, None), "choices": [], "usage": _usage(item)}
+        except Exception as e:  # the status line is sent: report in the stream, as OpenAI does
+            yield error_body(request.url.path, in_stream_error(e))
         finally:
+            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
             await stream_it.aclose()
-            manager.release(lm)
 
     return _sse(events())
 
