@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,4,16", help="concurrency levels (default 1,4,16)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=2, help="requests per client per wave")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--d-model", type=int, default=256, help="width of the built model (default 256, 4 layers)")
     ap.add_argument("--no-peer", action="store_true", help="skip the in-process engine peer")
     args = ap.parse_args()
