@@ -237,6 +237,13 @@ def test_disconnect_cancels_generation(server):
         while busy(http) and time.monotonic() - t0 < whole:
             time.sleep(0.01)
         assert busy(http) == 0 and time.monotonic() - t0 < whole / 3
+        # The same for a client that gives up on a non-streaming answer.
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/api/generate", json={**body, "stream": False}, timeout=whole / 6)
+        t0 = time.monotonic()
+        while busy(http) and time.monotonic() - t0 < whole:
+            time.sleep(0.01)
+        assert busy(http) == 0 and time.monotonic() - t0 < whole / 3
 
 
 async def _client(http: httpx.AsyncClient, i: int, rounds: int) -> list[tuple[int, int]]:

@@ -181,3 +181,36 @@ def test_chat_loop_commands_and_history():
     assert [m["content"] for m in second[0]] == ["Be terse.", "hello", "echo: hello", "again"] and second[1] == {"temperature": 0.3}
     assert [m["content"] for m in third[0]] == ["Be terse.", "fresh"]
     assert len(backend.calls) == 3  # nothing after /bye
+
+
+class _FullEngine:
+    """An engine whose queue is always full."""
+
+    active = waiting = 0
+
+    def submit(self, ids, params):
+        from yunque.engine import QueueFullError
+
+        raise QueueFullError("full")
+
+    def shutdown(self):
+        pass
+
+
+def test_full_queue_is_503_in_both_dialects(store_with_models):
+    from yunque.server import create_app
+    from yunque.tokenizer import Tokenizer
+
+    def load(entry):
+        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
+
+    app = create_app(ModelManager(load))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            r = await http.post("/api/chat", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503 and "busy" in r.json()["error"]
+            r = await http.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+
+    asyncio.run(scenario())

@@ -86,6 +86,8 @@ def serve_cmd(
     port: int = typer.Option(None, "--port", help="Port to listen on; default from YUNQUE_HOST, else 11434 (Ollama's)."),
     keep_alive: str = typer.Option("5m", "--keep-alive", help="How long a model stays loaded after its last request (e.g. 30s, 5m, 1h; -1 forever)."),
     max_loaded: int = typer.Option(3, "--max-loaded", min=1, help="Most models kept loaded at once; the least recently used idle one is unloaded first."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Requests one model decodes together (continuous batching)."),
+    max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
 ) -> None:
     """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
     import os
@@ -97,7 +99,7 @@ def serve_cmd(
     host, port = host or env_hostname, port or env_port
     seconds = parse_keep_alive(keep_alive)
     err_console.print(f"yunque serving on {base_url(host, port)} (web chat at {base_url(host, port)}/ui)", highlight=False)
-    serve(host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded)
+    serve(host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded, max_batch=max_batch, max_queue=max_queue)
 
 
 @app.command("run")

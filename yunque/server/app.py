@@ -6,6 +6,7 @@ thin: they parse a request, ask `generation`/`store` for the work, and shape the
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -83,11 +84,24 @@ def create_app(manager: ModelManager | None = None, api_key: str | None = None) 
     return app
 
 
-def serve(host: str, port: int, api_key: str | None = None, keep_alive: float = DEFAULT_KEEP_ALIVE, max_loaded: int = 3) -> None:
-    """Run the server until interrupted; refuses a non-loopback address without an API key."""
+def serve(
+    host: str,
+    port: int,
+    api_key: str | None = None,
+    keep_alive: float = DEFAULT_KEEP_ALIVE,
+    max_loaded: int = 3,
+    max_batch: int = 32,
+    max_queue: int = 256,
+) -> None:
+    """Run the server until interrupted; refuses a non-loopback address without an API key.
+
+    Each loaded model decodes up to `max_batch` requests together and queues `max_queue` more;
+    beyond that, requests get a 503.
+    """
     import uvicorn
 
     require_key_for(host, api_key)
     logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(ModelManager(load_runner, default_keep_alive=keep_alive, max_loaded=max_loaded), api_key)
+    loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue)
+    app = create_app(ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded), api_key)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
