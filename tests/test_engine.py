@@ -67,6 +67,15 @@ def test_batch_of_different_lengths_equals_each_alone(model):
         assert r.token_ids == naive_greedy(model, prompt, 12)
 
 
+def test_long_prompts_are_prefilled_in_chunks(model, monkeypatch):
+    import yunque.engine
+
+    monkeypatch.setattr(yunque.engine, "_LOGITS_BUDGET", 5 * model.config.vocab_size)  # 2 rows x 2 tokens per forward
+    prompts = [list(range(1, 12)), list(range(20, 29))]
+    results = generate_batch(model, prompts, temperature=0, max_new_tokens=6, stop_token_ids=[])
+    assert [r.token_ids for r in results] == [naive_greedy(model, p, 6) for p in prompts]
+
+
 def test_text_stream_is_utf8_safe_and_matches_decode(model, tok):
     stream = generate(model, tok, "¿Qué café", temperature=1.0, seed=1, max_new_tokens=40, stop_token_ids=[])
     pieces = list(stream)

@@ -203,8 +203,7 @@ class Engine:
                 admit = [self._waiting.popleft() for _ in range(min(batch.free_slots, len(self._waiting)))]
             try:
                 batch.cancel_flagged()
-                for handle in admit:
-                    batch.add(handle.request)
+                batch.add(*[handle.request for handle in admit])
                 batch.step()
             except Exception as e:  # a bug, not a user mistake: fail the requests it touched, keep serving
                 for req in {id(r): r for r in [h.request for h in admit] + batch.reset()}.values():
