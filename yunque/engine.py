@@ -17,7 +17,6 @@ the batch changes.
 from __future__ import annotations
 
 import collections
-import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +75,8 @@ class Chunk:
 class Request:
     """One generation's state, owned by whoever runs the `Batch` it sits in."""
 
-    _ids = itertools.count()
-
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int], text: TextStream | None,
                  truncated: bool, on_chunk: Callable[[Chunk], None], on_done: Callable[[GenerationResult], None]) -> None:
-        self.id = next(self._ids)
         self.prompt_ids, self.params, self.stop_ids, self.text = prompt_ids, params, stop_ids, text
         self.truncated = truncated
         self.on_chunk, self.on_done = on_chunk, on_done
@@ -118,7 +114,6 @@ class Request:
             text="".join(self.pieces),
             prompt_truncated=self.truncated,
         ))
-
 
     def fail(self, error: BaseException) -> None:
         """The engine broke while running this request: report the error instead of a result."""
