@@ -284,3 +284,19 @@ def test_cli_generate_errors_are_one_sentence(tmp_path):
     assert res.returncode == 1 and "does not exist" in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
     res = CliRunner().invoke(app, ["generate", str(tmp_path), "hi", "--top-p", "3"])  # refused before loading anything
     assert isinstance(res.exception, YunqueError) and "top_p must be" in str(res.exception)
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model):
+    with Engine(model, max_batch=2) as engine:
+        forward = engine._batch._forward
+
+        def broken(*args, **kwargs):
+            engine._batch._forward = forward  # fail once
+            raise RuntimeError("boom")
+
+        engine._batch._forward = broken
+        handle = engine.submit([1, 2], max_new_tokens=5, stop_token_ids=[])
+        with pytest.raises(RuntimeError, match="boom"):
+            list(handle)
+        after = engine.submit([1, 2], temperature=0, max_new_tokens=5, stop_token_ids=[])
+        assert [t for c in after for t in c.token_ids] == naive_greedy(model, [1, 2], 5)
