@@ -1,7 +1,8 @@
 """Decoding speed: yunque vs transformers `generate`, same float32 weights, same process, interleaved.
 
 Batch-1 greedy decoding of 128 new tokens after a 64-token prompt, for two Llama-family sizes,
-plus int8 weights for the larger one, the roofline of the larger one (one pass of
+plus int8 weights for the larger one, a bare loop over yunque's forward (the engine's
+overhead is the gap to it), the roofline of the larger one (one pass of
 matrix-vector products over all its weights, timed in the same run) and the aggregate
 throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
 
@@ -52,6 +53,19 @@ def timed(fn) -> tuple[float, list[int]]:
     return time.perf_counter() - t, out
 
 
+def bare_loop(model: Transformer, prompt: list[int]) -> list[int]:
+    """The model's own forward with a cache in the plainest loop: the floor for the engine's overhead."""
+    with torch.inference_mode():
+        cache = model.make_cache(1, PROMPT + NEW)
+        token = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long))[:, -1].argmax(-1, keepdim=True)
+        pos, out = torch.tensor([PROMPT]), [token]
+        for _ in range(NEW - 1):
+            token = model(token, cache=cache, input_pos=pos)[:, -1].argmax(-1, keepdim=True)
+            pos += 1
+            out.append(token)
+        return torch.cat(out).flatten().tolist()
+
+
 def roofline_seconds(model: Transformer) -> float:
     """One matrix-vector product with every linear weight (LM head included): the floor of a decode step."""
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -90,6 +104,7 @@ def main() -> None:
             contenders = {
                 "transformers": lambda: theirs.generate(ids, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW)[0, PROMPT:].tolist(),
                 "yunque": lambda: list(generate_ids(ours, prompt, temperature=0, max_new_tokens=NEW, stop_token_ids=[])),
+                "(bare loop)": lambda: bare_loop(ours, prompt),
             }
             if size == "30M":
                 _, q = make_pair(size, tmp)
