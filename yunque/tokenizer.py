@@ -244,7 +244,7 @@ class Tokenizer:
         return cls._from_vocab(
             model.get("vocab", {}), merges, specials, pattern, str(file),
             model_max_length=_max_length(config.get("model_max_length")),
-            eos_token=config.get("eos_token") if isinstance(config.get("eos_token"), str) else None,
+            eos_token=_token_name(config.get("eos_token")),
         )
 
     @classmethod
@@ -405,16 +405,14 @@ class Tokenizer:
         from tokenizers import AddedToken, decoders, models
         from tokenizers import Tokenizer as HFTokenizer
 
-        vocab = {_to_unicode(token): i for token, i in self.ranks.items()}
+        # Special tokens sit in the model's vocabulary too (as in GPT-2's files), so any ids work.
+        vocab = {_to_unicode(token): i for token, i in self.ranks.items()} | self.special_tokens
         merges = [(_to_unicode(a), _to_unicode(b)) for a, b in self.merges]
         # ignore_merges: a pre-token that is itself in the vocabulary becomes one token, as in tiktoken.
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
         hf.pre_tokenizer = _pre_tokenizer(self.pattern)
         hf.decoder = decoders.ByteLevel()
-        for name, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1]):
-            if hf.get_vocab_size(with_added_tokens=True) != i:
-                raise YunqueError(f"Special token {name} has id {i}, which tokenizer.json cannot place after the vocabulary.")
-            hf.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+        hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in self.special_tokens])
         return hf
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -496,6 +494,13 @@ def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
     if len(pair) != 2:
         raise YunqueError(f"Merge {merge!r} is not a pair of tokens; the tokenizer file is damaged.")
     return pair[0], pair[1]
+
+
+def _token_name(value) -> str | None:
+    # tokenizer_config.json stores a token as its text or as a serialized AddedToken.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def _max_length(value) -> int | None:
