@@ -65,7 +65,10 @@ def test_chat_and_generate(oc):
     assert again.message.content == r.message.content  # a seed makes the answer repeatable
 
     g = oc.generate(model="tiny", prompt="Beautiful is better", options={"num_predict": 5, "temperature": 0})
-    assert g.done and g.eval_count <= 5 and g.context and len(g.context) == g.prompt_eval_count + len(g.context) - g.prompt_eval_count
+    assert g.done and g.eval_count <= 5
+    assert g.prompt_eval_count < len(g.context) <= g.prompt_eval_count + g.eval_count  # prompt ids, then the answer's
+    follow = oc.generate(model="tiny", prompt="and then", context=g.context, options={"num_predict": 2})
+    assert follow.prompt_eval_count > len(g.context)  # the conversation so far is part of the prompt
     raw = oc.generate(model="tiny", prompt="Beautiful is better", raw=True, options={"num_predict": 3, "temperature": 0})
     assert raw.prompt_eval_count < g.prompt_eval_count  # no template around a raw prompt
 
@@ -82,13 +85,17 @@ def test_streaming_chat_and_generate(oc):
 
 
 def test_stop_and_system_override(server):
-    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "system": "Be brief.", "stream": False, "options": {"num_predict": 2}})
-    assert r.status_code == 200 and r.json()["prompt_eval_count"] > 4
-    stops = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 20, "temperature": 0}}).json()
-    first = stops["response"][:1]
-    if first.strip():
-        cut = httpx.post(server.url + "/api/generate", json={"model": "tiny", "prompt": "x", "stream": False, "options": {"num_predict": 20, "temperature": 0, "stop": [first]}}).json()
-        assert cut["response"] == "" and cut["done_reason"] == "stop"
+    def gen(**extra):
+        body = {"model": "tiny", "prompt": "x", "stream": False, **extra}
+        return httpx.post(server.url + "/api/generate", json=body).json()
+
+    plain, with_system = gen(options={"num_predict": 2}), gen(system="Be brief.", options={"num_predict": 2})
+    assert with_system["prompt_eval_count"] > plain["prompt_eval_count"]  # the system turn is in the prompt
+    answer = gen(options={"num_predict": 20, "temperature": 0})["response"]
+    assert answer
+    cut = gen(options={"num_predict": 20, "temperature": 0, "stop": [answer[-1]]})
+    # The greedy answer repeats up to the first occurrence of its last character, which is not emitted.
+    assert cut["done_reason"] == "stop" and cut["response"] == answer[: answer.index(answer[-1])]
 
 
 def test_json_format_is_validated(server):

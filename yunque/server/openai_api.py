@@ -9,6 +9,7 @@ with a 400 rather than silently ignored when they would change the answer.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import time
 import uuid
@@ -193,7 +194,7 @@ async def model(name: str) -> dict[str, Any]:
 
 
 def _model_card(entry: store.ModelEntry) -> dict[str, Any]:
-    created = int(time.mktime(time.strptime(entry.modified[:19], "%Y-%m-%dT%H:%M:%S"))) if entry.modified else 0
+    created = int(dt.datetime.fromisoformat(entry.modified).timestamp()) if entry.modified else 0
     return {"id": str(entry.name), "object": "model", "created": created, "owned_by": entry.name.namespace if entry.name else "library"}
 
 

@@ -7,6 +7,7 @@ process, with the same templates, options and scheduler the server uses.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any, Callable, Iterator, Protocol, TextIO
 
@@ -151,10 +152,8 @@ def run_model(name: str, prompt: str | None = None, out: TextIO = sys.stdout, no
         if prompt is not None:
             _answer(backend, [{"role": "user", "content": prompt}], {}, out)
         else:
-            try:
+            with contextlib.suppress(ImportError):
                 import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
             chat_loop(backend, out=out)
     finally:
         backend.close()
