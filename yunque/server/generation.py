@@ -124,10 +124,19 @@ def stop_token_ids(tokenizer: Any, stops: list[str]) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def _stops(settings: ChatSettings, asked: list[str] | None) -> list[str]:
+    """The model's stop strings (its end-of-turn marker among them) plus the request's.
+
+    Ollama lets request stops replace the Modelfile's; yunque adds them, so a request that
+    asks for one more stop string does not also lose the end of the model's turn.
+    """
+    return list(dict.fromkeys([*settings.stop, *(asked or [])]))
+
+
 def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any], n_prompt: int) -> SamplingParams:
     """SamplingParams from Ollama options over the Modelfile's parameters over Ollama's defaults."""
     merged = {**OLLAMA_DEFAULTS, **settings.parameters, **options}
-    stops = list(merged.get("stop") or settings.stop)
+    stops = _stops(settings, merged.get("stop"))
     room = check_prompt(n_prompt, context_size(runner, merged.get("num_ctx")))
     num_predict = merged["num_predict"]
     if num_predict == 0 or num_predict > MAX_PREDICT:
@@ -161,9 +170,10 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
             f"({n_prompt} in the prompt, {max_tokens} for the completion); reduce the prompt or max_tokens",
             param="max_tokens",
         )
-    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or settings.stop)
-    if len(stops) > 4:
+    asked = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(asked) > 4:
         raise APIError(400, "stop takes at most 4 sequences", param="stop")
+    stops = _stops(settings, asked)
     return _params(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
