@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -86,6 +87,8 @@ class LiveServer:
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=1):
                     return self
+            except urllib.error.HTTPError:  # an answer (401 from a key-protected server) means it is up
+                return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
@@ -109,7 +112,7 @@ class LiveServer:
         self.stop()
 
 
-def serve_tiny(tmp_path_factory, name: str = "tiny", max_seq_len: int = 2048) -> LiveServer:
+def serve_tiny(tmp_path_factory, name: str = "tiny", max_seq_len: int = 2048, env: dict[str, str] | None = None) -> LiveServer:
     """A started `LiveServer` whose fresh store holds a tiny model called `name`."""
     from yunque import store
 
@@ -124,4 +127,4 @@ def serve_tiny(tmp_path_factory, name: str = "tiny", max_seq_len: int = 2048) ->
             del os.environ["YUNQUE_HOME"]
         else:
             os.environ["YUNQUE_HOME"] = old
-    return LiveServer(home).start()
+    return LiveServer(home, env=env).start()

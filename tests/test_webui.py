@@ -75,10 +75,15 @@ def test_chat_streams_stops_and_starts_over(browser, server):
     # says so and the server frees the slot.
     page.fill("#num-predict", "1900")
     page.eval_on_selector("#temperature", "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+    # Press Stop from inside the page the moment the first text shows, so the click always lands mid-stream.
+    page.evaluate(
+        """() => { const seen = new MutationObserver(() => {
+             const bubble = document.querySelector('.message.assistant .bubble');
+             if (bubble && bubble.textContent.length > 0) { seen.disconnect(); document.getElementById('stop').click(); } });
+           seen.observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true}); }"""
+    )
     page.fill("#prompt", "Now talk for a long time")
     page.press("#prompt", "Enter")
-    page.wait_for_function("document.querySelector('.message.assistant .bubble')?.textContent.length > 0")
-    page.click("#stop")
     reply = page.locator(".message.assistant")
     reply.locator(".meta").wait_for(timeout=10_000)
     assert reply.locator(".meta").inner_text() == "stopped"
@@ -89,3 +94,22 @@ def test_chat_streams_stops_and_starts_over(browser, server):
     assert _busy(server) == 0
     assert errors == []
     page.close()
+
+
+def test_key_protected_server_asks_for_the_key(browser, tmp_path_factory):
+    live = serve_tiny(tmp_path_factory, env={"YUNQUE_API_KEY": "k3y-for-test"})
+    try:
+        page = browser.new_page()
+        page.goto(live.url + "/ui/")
+        page.wait_for_selector("#api-key-field", state="visible")
+        assert "API key" in page.inner_text("#status")
+        page.fill("#api-key", "k3y-for-test")
+        page.press("#api-key", "Tab")  # committing the field reloads the model list with the key
+        page.wait_for_selector("#model option[value='tiny:latest']", state="attached")
+        page.fill("#prompt", "hi")
+        page.press("#prompt", "Enter")
+        page.wait_for_selector(".message.assistant .meta", timeout=30_000)
+        assert not page.locator(".message.error").count()
+        page.close()
+    finally:
+        live.stop()
