@@ -250,7 +250,7 @@ def test_disconnect_cancels_generation(server):
         t0 = time.monotonic()
         while busy(http) and time.monotonic() - t0 < whole:
             time.sleep(0.01)
-        assert busy(http) == 0 and time.monotonic() - t0 < whole / 3
+        assert busy(http) == 0 and time.monotonic() - t0 < whole / 2  # the server checks on the client every 0.1 s
 
 
 async def _client(http: httpx.AsyncClient, i: int, rounds: int) -> list[tuple[int, int]]:

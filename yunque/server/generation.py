@@ -292,7 +292,7 @@ async def until_disconnect(request: Request, work: Any) -> Any:
     task = asyncio.ensure_future(work)
     try:
         while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
+            done, _ = await asyncio.wait({task}, timeout=0.1)
             if done:
                 return task.result()
             if await request.is_disconnected():
