@@ -1,11 +1,11 @@
 """Int8 weight-only quantization: validation bits per byte and decoding speed, float32 vs int8.
 
-Trains a small Llama-style model for a fixed time on tinyshakespeare (first 90% of it;
+Trains a tiny Llama-style model (preset cpu-tiny) for a fixed time on tinyshakespeare (first 90% of it;
 a quick loop here, so the script needs nothing but the shared data), then scores the last
 10% in bits per byte (total nats / (ln 2 x bytes)) with float32 and with int8 weights, and
 times batch-1 greedy decoding of both, interleaved.
 
-    .venv/bin/python benchmarks/int8_quality.py [--train-seconds 120] [--threads N]
+    .venv/bin/python benchmarks/int8_quality.py [--train-seconds 180] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from yunque.quantize import quantize_int8
 from yunque.tokenizer import Tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
-CTX = 256
+CTX = 128
 
 
 def bits_per_byte(model: Transformer, ids: torch.Tensor, n_bytes: int) -> float:
@@ -44,7 +44,7 @@ def bits_per_byte(model: Transformer, ids: torch.Tensor, n_bytes: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-seconds", type=float, default=120)
+    ap.add_argument("--train-seconds", type=float, default=180)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
@@ -56,9 +56,9 @@ def main() -> None:
     train_ids = torch.tensor(tok.encode(train_text))
     val_ids = torch.tensor(tok.encode(val_text))
     torch.manual_seed(0)
-    cfg = preset("cpu-small", vocab_size=tok.vocab_size, max_seq_len=CTX)
+    cfg = preset("cpu-tiny", vocab_size=tok.vocab_size, max_seq_len=CTX)
     model = Transformer(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
     t0, step = time.perf_counter(), 0
     while time.perf_counter() - t0 < args.train_seconds:
         starts = torch.randint(0, len(train_ids) - CTX - 1, (16,))

@@ -268,6 +268,10 @@ def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout == expected + "\n"
     assert "tokens/s" in res.stderr and "12 generated" in res.stderr
+    stop = expected[5:7]
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "hear me", "-t", "0", "-n", "12", "--stop", stop, "--stop", "\\n"])
+    cut = min(i for i in (expected.find(stop), expected.find("\n")) if i >= 0)  # "\\n" on the command line is a newline
+    assert res.exit_code == 0 and res.stdout == expected[:cut] + "\n"
     res = runner.invoke(app, ["generate", str(tmp_path / "m"), "x", "--int8", "-n", "3", "--seed", "1"])
     assert res.exit_code == 0, res.output
 
