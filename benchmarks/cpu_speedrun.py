@@ -26,24 +26,13 @@ import sys
 import time
 from pathlib import Path
 
+from yunque.quickstart import TRAIN_SETTINGS
+
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
-# What yunque runs by default: chosen by the experiments recorded in docs/benchmarks.md.
-SPEEDRUN = dict(
-    vocab=512,
-    preset="cpu-tiny",
-    model=dict(n_layer=4, d_model=128, n_head=2, n_kv_head=2, d_ff=384),
-    batch_size=16,
-    context=128,
-    lr=3e-3,
-    schedule="wsd",
-    decay_frac=0.4,
-    min_lr_ratio=0.0,
-    warmup_steps=50,
-    weight_decay=0.1,
-    beta2=0.95,
-    dtype="bfloat16",
-)
+# What yunque runs: the quickstart's training settings (chosen by the experiments recorded in
+# docs/benchmarks.md) with a 512-token BPE vocabulary; dtype "auto" is bf16 on CPUs with native bf16.
+SPEEDRUN = dict(vocab=512, **TRAIN_SETTINGS)
 # nanoGPT config/train_shakespeare_char.py with its README's CPU overrides.
 BABY = dict(
     vocab=272,
