@@ -6,7 +6,6 @@ tests need no shared data and each training run takes a second or two.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
