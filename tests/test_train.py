@@ -6,7 +6,6 @@ tests need no shared data and each training run takes a second or two.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -219,6 +218,7 @@ def test_inconsistent_configs_are_rejected_before_any_allocation(data, other_dat
         "warmup_steps": dict(warmup_steps=10, max_steps=5),
         "vocab_size": dict(model={**TINY, "vocab_size": 999}),
         "n_head": dict(model={**TINY, "n_head": 3}),
+        "Hugging Face family": dict(preset="gpt2", model={**TINY, "mlp_bias": False}),
         "does not exist": dict(data=str(tmp_path / "nowhere")),
         "split": dict(context=200000, eval_tokens=None),
         **({} if torch.cuda.is_available() else {"CUDA": dict(device="cuda")}),

@@ -47,6 +47,8 @@ TRAIN_SETTINGS = dict(
     decay_frac=0.4,
     min_lr_ratio=0.0,
     warmup_steps=50,
+    weight_decay=0.1,
+    beta2=0.95,
 )
 
 

@@ -40,6 +40,7 @@ from yunque.checkpoint import discard_checkpoint, latest_checkpoint, load_checkp
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
+from yunque.hf import family_of
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, for MFU (vendor datasheets; SXM parts).
 PEAK_FLOPS = {
@@ -390,6 +391,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     vocab_size, fingerprint = data_tokenizer(shards)
     tokenizer = load_tokenizer(shards)
     mcfg = model_config(cfg, vocab_size, shards.eot_id)
+    family_of(mcfg)  # checkpoints are Hugging Face directories: refuse a model no family can express
     if resume_from is not None:
         saved = read_state(resume_from)
         if saved["tokenizer_fingerprint"] != fingerprint:
