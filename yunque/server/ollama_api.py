@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import math
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -169,8 +169,8 @@ async def _answer(
     lm: LoadedModel,
     prepared: gen.Prepared,
     stream: bool,
-    shape: Any,
-    extra_final: Any,
+    shape: Callable[[str], dict[str, Any]],
+    extra_final: Callable[[gen.Outcome], dict[str, Any]],
     load_seconds: float,
     started: float,
 ) -> Response:
