@@ -18,6 +18,12 @@ _EXPORTS = {
     "Transformer": "yunque.model",
     "generate": "yunque.engine",
     "generate_ids": "yunque.engine",
+    "generate_batch": "yunque.engine",
+    "GenerationResult": "yunque.engine",
+    "SamplingParams": "yunque.sampling",
+    "Engine": "yunque.scheduler",
+    "embed": "yunque.embeddings",
+    "quantize_int8": "yunque.quantize",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -78,6 +80,63 @@ def tokenizer_decode(
     typer.echo(tok.decode(parse_ids(_read_stdin_if_dash(ids))))
 
 
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option(None, "--host", help="Address to bind; default from YUNQUE_HOST, else 127.0.0.1. Anything but loopback needs YUNQUE_API_KEY."),
+    port: int = typer.Option(None, "--port", help="Port to listen on; default from YUNQUE_HOST, else 11434 (Ollama's)."),
+    keep_alive: str = typer.Option("5m", "--keep-alive", help="How long a model stays loaded after its last request (e.g. 30s, 5m, 1h; -1 forever)."),
+    max_loaded: int = typer.Option(3, "--max-loaded", min=1, help="Most models kept loaded at once; the least recently used idle one is unloaded first."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Requests one model decodes together (continuous batching)."),
+    max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
+) -> None:
+    """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
+    import os
+
+    from yunque.server import serve
+    from yunque.server.settings import base_url, env_host, parse_keep_alive
+
+    env_hostname, env_port = env_host()
+    host, port = host or env_hostname, port or env_port
+    seconds = parse_keep_alive(keep_alive)
+    err_console.print(f"yunque serving on {base_url(host, port)} (web chat at {base_url(host, port)}/ui)", highlight=False)
+    serve(host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded, max_batch=max_batch, max_queue=max_queue)
+
+
+@app.command("run")
+def run_cmd(
+    name: str = typer.Argument(..., help="Model name in the store, e.g. mymodel or mymodel:latest."),
+    prompt: str = typer.Argument(None, help="Answer this prompt and exit; without it, chat interactively."),
+) -> None:
+    """Chat with a model: through the running server if there is one, else loading it in this process."""
+    from yunque.server.repl import run_model
+
+    if prompt is None and not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    run_model(name, prompt, note=lambda text: err_console.print(f"[dim]{text}[/]", highlight=False))
+
+
+@app.command("ps")
+def ps_cmd() -> None:
+    """List the models the running server has loaded."""
+    from rich.table import Table
+
+    from yunque.server.client import Client
+
+    table = Table("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", box=None)
+    for m in Client().ps():
+        table.add_row(m["name"], m["digest"][:12], f"{m['size'] / 1e6:.1f} MB", "GPU" if m.get("size_vram") else "CPU", str(m.get("context_length", "")), m["expires_at"][:19].replace("T", " "))
+    console.print(table)
+
+
+@app.command("stop")
+def stop_cmd(name: str = typer.Argument(..., help="Model to unload from the running server.")) -> None:
+    """Unload a model from the running server (it finishes the requests it is serving first)."""
+    from yunque.server.client import Client
+
+    Client().stop(name)
+    console.print(f"stopped {name}", highlight=False)
+
+
 @data_app.command("prepare")
 def data_prepare(
     inputs: list[str] = typer.Argument(..., metavar="INPUTS...", help="Text files (.txt, .md, .jsonl with a \"text\" field), directories of them, or 'python-docs'."),
@@ -99,17 +158,162 @@ def data_prepare(
     console.print(f"[green]wrote[/] {out} ({meta['dtype']}, split by {meta['split_by']})")
 
 
+@app.command("train")
+def train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="Token shard directory made by `yunque data prepare`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory: metrics.jsonl, checkpoints/, model/, loss.png."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of training settings (model overrides in its `model` table); flags override it."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset, e.g. cpu-tiny, cpu-small, llama-tiny, gpt2."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps to train for."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Seconds of training, then evaluate and save (the schedule decays to fit)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per process per micro-step."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step (global batch = batch × accum × processes)."),
+    context: Optional[int] = typer.Option(None, "--context", help="Tokens per training sequence."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps."),
+    decay_steps: Optional[int] = typer.Option(None, "--decay-steps", help="Schedule length in steps (default: --max-steps)."),
+    min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="The schedule ends at lr × this (0 decays to zero)."),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of matrices and embeddings."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: only at the end)."),
+    eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Cap on validation tokens per evaluation (default: the whole split)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (0: only at the end)."),
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Checkpoints to keep."),
+    log_every: Optional[int] = typer.Option(None, "--log-every", help="Append train metrics every N steps."),
+    sample_tokens: Optional[int] = typer.Option(None, "--sample-tokens", help="Tokens of sample text at each evaluation (0: none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest complete checkpoint."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for initialisation and batch sampling."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 or bfloat16 autocast (default: bf16 on CUDA and on CPUs with native bf16, else fp32)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: on CUDA only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for PyTorch."),
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."),
+) -> None:
+    """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k not in ("config", "resume")}
+    from yunque.train import parse_overrides, resolve_config, train
+
+    flags["model"] = parse_overrides(model) if model else None
+    cfg = resolve_config(config, resume=resume, **flags)
+    result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque train --out {cfg.out} --resume`.")
+        raise typer.Exit(130)
+    console.print(
+        f"[bold green]done[/]: {result.step} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
+        f"[bold]{result.val_bpb:.4f} bits/byte[/]; model in {result.model_dir}",
+        highlight=False,
+    )
+    if result.sample:
+        console.print(f"sample: {result.sample!r}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def inspect(
+    model_dir: str = typer.Argument(..., help="A Hugging Face model directory (config.json + *.safetensors)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
+) -> None:
+    """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
+    import json
+
+    from rich.table import Table
+
+    from yunque.hf import describe
+
+    info = describe(model_dir)
+    if json_output:
+        console.print_json(json.dumps(info))
+        return
+    table = Table(title=info["path"], show_header=False, title_justify="left")
+    table.add_column(style="bold cyan")
+    table.add_column()
+    params = f"{info['parameters']:,}"
+    if info["experts"]:
+        params += f" ({info['active_parameters']:,} active per token, experts {info['experts']})"
+    rows = [
+        ("family", f"{info['family']} ({info['architecture']})"),
+        ("parameters", params),
+        ("non-embedding", f"{info['non_embedding_parameters']:,}"),
+        ("FLOPs per token", f"{info['flops_per_token'] / 1e6:,.1f} M (training, at full context)"),
+        ("context", f"{info['context']:,} tokens" + (f", sliding window {info['sliding_window']:,}" if info["sliding_window"] else "")),
+        ("vocabulary", f"{info['vocab_size']:,}" + (" (tied embeddings)" if info["tied_embeddings"] else "")),
+        ("shape", f"{info['layers']} layers, d_model {info['d_model']}, {info['heads']} heads, {info['kv_heads']} kv heads"),
+        ("dtype", str(info["dtype"])),
+        ("on disk", f"{info['size_bytes'] / 2**20:,.1f} MiB in {len(info['files'])} file(s)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
 @app.command("quickstart")
 def quickstart_command(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
     vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(180.0, "--train-seconds", help="Seconds to train the model for."),
 ) -> None:
-    """Run the pipeline on the built-in corpus (Python's own documentation), offline."""
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
     from yunque.quickstart import quickstart, render
 
     with console.status("starting") as status:
-        report = quickstart(out, vocab_size, progress=False, on_stage=lambda _, what: status.update(f"{what}..."))
+
+        def on_stage(name: str, what: str) -> None:
+            if name == "train":  # the trainer shows its own progress bar
+                status.stop()
+                console.print(f"{what} for {train_seconds:.0f} s...")
+            else:
+                status.update(f"{what}...")
+
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage)
     render(report, console)
+
+
+
+@app.command()
+def generate(
+    model_dir: Path = typer.Argument(..., help="Model directory (config.json, model.safetensors, tokenizer.json)."),
+    prompt: str = typer.Argument(..., help="Text to continue, or '-' to read it from standard input."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens to generate."),
+    temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 means greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: the smallest set of tokens with this much probability (1: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min_p times the most likely one (0: off)."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalise tokens already seen (1: off)."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable; \\n and \\t mean newline and tab); it is not printed."),
+    truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt longer than the context instead of failing."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize the weights to int8 (faster decoding on CPU)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print token counts and tokens per second to stderr."),
+) -> None:
+    """Continue PROMPT with a model, streaming the text as it is generated."""
+    from yunque.engine import generate as generate_text
+    from yunque.engine import load
+    from yunque.sampling import SamplingParams
+
+    params = SamplingParams(  # checked before the model is loaded: cheap mistakes fail fast
+        max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, seed=seed, truncate=truncate,
+        stop=tuple(x.replace("\\n", "\n").replace("\\t", "\t") for x in stop),  # shells pass "\n" literally
+    )
+    text = sys.stdin.read() if prompt == "-" else prompt
+    model, tokenizer = load(model_dir, int8=int8)
+    stream = generate_text(model, tokenizer, text, params)
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if verbose:
+        r = stream.result
+        err_console.print(
+            f"{r.prompt_tokens} prompt tokens in {r.prompt_seconds:.2f} s, {r.generated_tokens} generated in "
+            f"{r.generation_seconds:.2f} s ({r.tokens_per_second:.1f} tokens/s), finish reason: {r.finish_reason}"
+            + (" (prompt truncated)" if r.prompt_truncated else ""),
+            highlight=False,
+        )
+
 
 # ---- Ollama-style model store verbs (library: yunque.store, yunque.modelfile, yunque.chat) ----
 
@@ -239,44 +443,6 @@ def cp(src: str = typer.Argument(..., help="Existing store name."), dst: str = t
 
     entry = copy(src, dst)
     console.print(f"copied {src} to {entry.name}", highlight=False)
-
-@app.command()
-def inspect(
-    model_dir: str = typer.Argument(..., help="A Hugging Face model directory (config.json + *.safetensors)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
-) -> None:
-    """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
-    import json
-
-    from rich.table import Table
-
-    from yunque.hf import describe
-
-    info = describe(model_dir)
-    if json_output:
-        console.print_json(json.dumps(info))
-        return
-    table = Table(title=info["path"], show_header=False, title_justify="left")
-    table.add_column(style="bold cyan")
-    table.add_column()
-    params = f"{info['parameters']:,}"
-    if info["experts"]:
-        params += f" ({info['active_parameters']:,} active per token, experts {info['experts']})"
-    rows = [
-        ("family", f"{info['family']} ({info['architecture']})"),
-        ("parameters", params),
-        ("non-embedding", f"{info['non_embedding_parameters']:,}"),
-        ("FLOPs per token", f"{info['flops_per_token'] / 1e6:,.1f} M (training, at full context)"),
-        ("context", f"{info['context']:,} tokens" + (f", sliding window {info['sliding_window']:,}" if info["sliding_window"] else "")),
-        ("vocabulary", f"{info['vocab_size']:,}" + (" (tied embeddings)" if info["tied_embeddings"] else "")),
-        ("shape", f"{info['layers']} layers, d_model {info['d_model']}, {info['heads']} heads, {info['kv_heads']} kv heads"),
-        ("dtype", str(info["dtype"])),
-        ("on disk", f"{info['size_bytes'] / 2**20:,.1f} MiB in {len(info['files'])} file(s)"),
-    ]
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
-
 
 def main() -> None:
     """Entry point: user mistakes become one red sentence and exit code 1, never a traceback."""

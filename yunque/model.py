@@ -319,6 +319,11 @@ class Transformer(nn.Module):
         self._hidden(idx, step)
         return step.capture
 
+    @torch.no_grad()
+    def hidden_states(self, idx: Tensor) -> Tensor:
+        """Final (normalised) hidden states (B, T, d_model): what the LM head reads, e.g. for embeddings."""
+        return self._hidden(idx, self._plan(idx, None, None))
+
     def _hidden(self, idx: Tensor, step: _Step) -> Tensor:
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
@@ -377,7 +382,7 @@ class Transformer(nn.Module):
         max_len = max_len or self.config.max_seq_len
         if max_len > self.config.max_seq_len:
             raise YunqueError(f"A KV cache of {max_len} positions exceeds the model's context of {self.config.max_seq_len}.")
-        ref = self.lm_head.weight
+        ref = self.tok_emb.weight  # float even when the linear layers are quantized
         shape = (batch_size, self.config.n_kv_head, max_len, self.config.head_dim)
         kw = dict(dtype=dtype or ref.dtype, device=device or ref.device)
         n = self.config.n_layer

@@ -5,11 +5,12 @@ A run directory collects what each stage makes:
     runs/quickstart/
       tokenizer/        tokenizer.json + tokenizer_config.json (`yunque tokenizer train`)
       data/             train.bin, val.bin, meta.json          (`yunque data prepare`)
+      train/            metrics.jsonl, checkpoints/, loss.png,  (`yunque train`)
+        model/          the trained model with its tokenizer, in Hugging Face layout
       quickstart.json   the report below, for scripts
 
 Each stage is one function in `STAGES` that takes the run and fills in its part of the
-report; the next stages (pretraining a small model, sampling from it, adding it to the
-model store) slot in after `prepare_shards`.
+report; later stages (adding the model to the model store) slot in after `train_model`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +31,25 @@ from yunque.fsutil import write_text_atomic
 
 DEFAULT_RUN_DIR = Path("runs") / "quickstart"
 DEFAULT_VOCAB_SIZE = 4096
+DEFAULT_TRAIN_SECONDS = 180.0
+STORE_NAME = "quickstart"  # the trained model's name in the local store (replaced by each run)
 # What a quickstart run directory may hold; anything else means --out points at someone's files.
-RUN_ENTRIES = {"tokenizer", "data", "quickstart.json"}
+RUN_ENTRIES = {"tokenizer", "data", "train", "quickstart.json"}
+# The model and optimizer settings of the CPU speedrun (benchmarks/cpu_speedrun.py): the best
+# bits per byte found for a few minutes of a 2-core CPU.
+TRAIN_SETTINGS = dict(
+    preset="cpu-tiny",
+    model=dict(n_layer=4, d_model=128, n_head=2, n_kv_head=2, d_ff=384),
+    batch_size=16,
+    context=128,
+    lr=3e-3,
+    schedule="wsd",
+    decay_frac=0.4,
+    min_lr_ratio=0.0,
+    warmup_steps=50,
+    weight_decay=0.1,
+    beta2=0.95,
+)
 
 
 @dataclass
@@ -38,7 +57,9 @@ class QuickstartOptions:
     """Settings every stage may read; a later stage adds its own fields here."""
 
     vocab_size: int = DEFAULT_VOCAB_SIZE
+    train_seconds: float = DEFAULT_TRAIN_SECONDS
     progress: bool = True
+    train_progress: bool = True  # the training progress bar (a live display of its own)
 
 
 @dataclass
@@ -52,7 +73,9 @@ class QuickstartReport:
     vocab_size: int = 0
     tokenizer_fingerprint: str = ""
     shards: dict[str, Any] = field(default_factory=dict)  # the shards' meta.json
+    train: dict[str, Any] = field(default_factory=dict)  # steps, tokens, parameters, val loss and bpb, sample
     seconds: dict[str, float] = field(default_factory=dict)  # stage name -> wall time
+    model_name: str = ""  # the model's name in the local store
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -61,6 +84,14 @@ class QuickstartReport:
     @property
     def data_dir(self) -> Path:
         return self.run_dir / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.run_dir / "train"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.train_dir / "model"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"run_dir": str(self.run_dir)}
@@ -91,11 +122,42 @@ def prepare_shards(report: QuickstartReport, options: QuickstartOptions) -> None
     report.shards = prepare([report.corpus], report.tokenizer_dir, report.data_dir, force=True, progress=options.progress)
 
 
+def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
+    """Pretrain a small model on the shards for `train_seconds` into run_dir/train (model in train/model)."""
+    from yunque.config import TrainConfig
+    from yunque.model import Transformer
+    from yunque.train import train
+
+    shutil.rmtree(report.train_dir, ignore_errors=True)  # an earlier quickstart's run, replaced
+    cfg = TrainConfig(
+        data=str(report.data_dir), out=str(report.train_dir), max_steps=None, time_budget=options.train_seconds,
+        eval_every=0, checkpoint_every=0, keep_last=1, sample_tokens=64, **TRAIN_SETTINGS,
+    )
+    result = train(cfg, progress=options.train_progress)
+    report.train = {
+        "steps": result.step,
+        "tokens": result.tokens,
+        "parameters": Transformer.from_pretrained(result.model_dir).num_params(),
+        "val_loss": result.val_loss,
+        "val_bpb": result.val_bpb,
+        "sample": result.sample,
+    }
+
+
+def save_to_store(report: QuickstartReport, options: QuickstartOptions) -> None:
+    """Add the trained model to the local store, so `yunque run` and `yunque serve` find it by name."""
+    from yunque.store import import_model
+
+    report.model_name = str(import_model(report.model_dir, STORE_NAME).name)
+
+
 Stage = tuple[str, str, Callable[[QuickstartReport, QuickstartOptions], None]]
 STAGES: list[Stage] = [
     ("corpus", "Collecting Python's own documentation", read_corpus),
     ("tokenizer", "Training a tokenizer", train_tokenizer_stage),
     ("shards", "Encoding token shards", prepare_shards),
+    ("train", "Training a small model", train_model),
+    ("store", "Adding the model to the store", save_to_store),
 ]
 
 
@@ -113,19 +175,26 @@ def _check_run_dir(run_dir: Path) -> None:
 def quickstart(
     run_dir: str | os.PathLike = DEFAULT_RUN_DIR,
     vocab_size: int = DEFAULT_VOCAB_SIZE,
+    train_seconds: float = DEFAULT_TRAIN_SECONDS,
     progress: bool = True,
+    train_progress: bool | None = None,
     on_stage: Callable[[str, str], None] | None = None,
 ) -> QuickstartReport:
     """Run every stage into `run_dir` (re-running replaces an earlier quickstart's outputs).
 
-    `on_stage(name, description)` is called as each stage starts, for a progress display.
+    `on_stage(name, description)` is called as each stage starts, for a progress display;
+    `train_progress` (default: `progress`) shows the training progress bar.
     """
     from yunque.tokenizer import check_vocab_size
 
     check_vocab_size(vocab_size)
+    if train_seconds <= 0:
+        raise YunqueError(f"The training budget must be a positive number of seconds, got {train_seconds}.")
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
-    options = QuickstartOptions(vocab_size=vocab_size, progress=progress)
+    options = QuickstartOptions(
+        vocab_size=vocab_size, train_seconds=train_seconds, progress=progress, train_progress=progress if train_progress is None else train_progress
+    )
     report = QuickstartReport(run_dir=run_dir)
     for name, description, stage in STAGES:
         if on_stage:
@@ -138,9 +207,10 @@ def quickstart(
 
 
 def render(report: QuickstartReport, console) -> None:
-    """Print the report as rich tables, then say plainly what this version does not do yet."""
+    """Print the report as rich tables, a sample of the model's text, and what to do next."""
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="yunque quickstart", show_header=False, title_justify="left", box=None, padding=(0, 2))
     table.add_column(style="bold cyan")
@@ -156,6 +226,17 @@ def render(report: QuickstartReport, console) -> None:
     )
     meta = report.shards
     table.add_row("shards", f"{meta['dtype']}, split by {meta['split_by']} -> {report.data_dir}", f"{report.seconds['shards']:.1f} s")
+    train = report.train
+    table.add_row(
+        "model",
+        f"{train['parameters']:,} parameters, {train['steps']:,} steps on {train['tokens']:,} tokens -> {report.model_dir}",
+        f"{report.seconds['train']:.1f} s",
+    )
+    table.add_row(
+        "validation",
+        f"loss {train['val_loss']:.3f} nats/token, [bold green]{train['val_bpb']:.3f} bits per byte[/] (random bytes: 8; lower is better)",
+        "",
+    )
     console.print(table)
 
     splits = Table(show_edge=False, header_style="bold")
@@ -164,15 +245,18 @@ def render(report: QuickstartReport, console) -> None:
     for split, info in meta["splits"].items():
         splits.add_row(split, f"{info['documents']:,}", f"{info['tokens']:,}", f"{info['bytes']:,}", f"{info['bytes'] / info['tokens']:.2f}")
     console.print(splits)
+    console.print(Panel(Text(train["sample"] or ""), title="a sample from the model", title_align="left", border_style="cyan"))
     console.print(
         Panel(
-            "Model training is not available in this version yet, so the quickstart stops here: "
-            "no model was trained and no sample text was generated.\n"
-            "The tokenizer and the token shards above are real; make your own from your text with\n"
+            f"Chat with your model, or serve it (web chat at http://127.0.0.1:11434/ui):\n"
+            f"  yunque run {report.model_name}\n  yunque serve\n"
+            f"Generate from your model:\n  yunque generate {report.model_dir} \"def \"\n"
+            f"Watch it learn: {report.train_dir / 'loss.png'}; train longer, or on your own text:\n"
             "  yunque tokenizer train FILES --vocab-size 4096 --out my-tokenizer\n"
-            "  yunque data prepare FILES --tokenizer my-tokenizer --out my-shards",
+            "  yunque data prepare FILES --tokenizer my-tokenizer --out my-shards\n"
+            "  yunque train --data my-shards --out my-run --time-budget 600",
             title="next",
             title_align="left",
-            border_style="yellow",
+            border_style="green",
         )
     )

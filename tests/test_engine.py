@@ -1,0 +1,306 @@
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from yunque.config import ModelConfig
+from yunque.engine import GenerationResult, generate, generate_batch, generate_ids
+from yunque.errors import YunqueError
+from yunque.model import Transformer
+from yunque.scheduler import Engine, QueueFullError
+from yunque.tokenizer import Tokenizer
+
+TEXT = (
+    "En un lugar de la Mancha, de cuyo nombre no quiero acordarme, no ha mucho tiempo que vivía un hidalgo. "
+    "First Citizen: Before we proceed any further, hear me speak. All: Speak, speak. ¿Qué? ¡Sí! café, niño 🙂 "
+) * 10
+
+LLAMA = dict(positions="rope", norm="rmsnorm", mlp="swiglu", qkv_bias=False, attn_out_bias=False, mlp_bias=False,
+             norm_bias=False, tie_embeddings=False, n_kv_head=2)
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer.train_from_iterator([TEXT], 400, show_progress=False)
+
+
+def tiny(vocab_size: int, family: dict = LLAMA, **kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(**{**dict(vocab_size=vocab_size, n_layer=2, n_head=4, d_model=32, d_ff=64, max_seq_len=96, init_std=0.3),
+                         **family, **kw})
+    return Transformer(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model(tok) -> Transformer:
+    return tiny(tok.vocab_size)
+
+
+def naive_greedy(model, ids, n):
+    """Recompute the whole sequence every step: the reference the cached engine must match."""
+    x = torch.tensor([ids])
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            t = int(model(x)[0, -1].argmax())
+            out.append(t)
+            x = torch.cat([x, torch.tensor([[t]])], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("family", [LLAMA, dict(positions="learned", norm="layernorm", mlp="gelu")])
+def test_cached_greedy_equals_recomputing_every_step(family):
+    model = tiny(300, family)
+    ids = torch.randint(0, 300, (11,)).tolist()
+    stream = generate_ids(model, ids, temperature=0, max_new_tokens=25, stop_token_ids=[])
+    assert list(stream) == naive_greedy(model, ids, 25)
+    r = stream.result
+    assert (r.finish_reason, r.prompt_tokens, r.generated_tokens) == ("length", 11, 25)
+    assert r.prompt_seconds > 0 and r.generation_seconds > 0 and r.tokens_per_second > 0
+
+
+def test_batch_of_different_lengths_equals_each_alone(model):
+    prompts = [torch.randint(0, 300, (n,)).tolist() for n in (3, 17, 8, 1)]
+    results = generate_batch(model, prompts, temperature=0, max_new_tokens=12, stop_token_ids=[])
+    for prompt, r in zip(prompts, results):
+        assert r.token_ids == naive_greedy(model, prompt, 12)
+
+
+def test_long_prompts_are_prefilled_in_chunks(model, monkeypatch):
+    import yunque.engine
+
+    monkeypatch.setattr(yunque.engine, "_LOGITS_BUDGET", 5 * model.config.vocab_size)  # 2 rows x 2 tokens per forward
+    prompts = [list(range(1, 12)), list(range(20, 29))]
+    results = generate_batch(model, prompts, temperature=0, max_new_tokens=6, stop_token_ids=[])
+    assert [r.token_ids for r in results] == [naive_greedy(model, p, 6) for p in prompts]
+
+
+def test_text_stream_is_utf8_safe_and_matches_decode(model, tok):
+    stream = generate(model, tok, "¿Qué café", temperature=1.0, seed=1, max_new_tokens=40, stop_token_ids=[])
+    pieces = list(stream)
+    assert all(isinstance(p, str) and p for p in pieces)
+    assert "".join(pieces) == tok.decode(stream.result.token_ids) == stream.result.text
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(model, tok):
+    full = generate(model, tok, "hear me", temperature=0, max_new_tokens=30, stop_token_ids=[])
+    text = "".join(full)
+    stop = text[10:13]
+    stream = generate(model, tok, "hear me", temperature=0, max_new_tokens=30, stop_token_ids=[], stop=[stop, "never"])
+    assert "".join(stream) == text[: text.find(stop)]
+    assert stream.result.finish_reason == "stop"
+
+
+def test_stop_token_ends_generation_and_is_not_yielded(model):
+    prompt = [5, 6, 7]
+    ref = naive_greedy(model, prompt, 10)
+    stream = generate_ids(model, prompt, temperature=0, max_new_tokens=10, stop_token_ids=[ref[4]])
+    assert list(stream) == ref[: ref.index(ref[4])]
+    assert stream.result.finish_reason == "stop" and stream.result.generated_tokens == ref.index(ref[4]) + 1
+
+
+def test_seed_reproducible(model):
+    a = list(generate_ids(model, [1, 2, 3], seed=7, max_new_tokens=20, top_p=0.9))
+    b = list(generate_ids(model, [1, 2, 3], seed=7, max_new_tokens=20, top_p=0.9))
+    c = list(generate_ids(model, [1, 2, 3], seed=8, max_new_tokens=20, top_p=0.9))
+    assert a == b != c
+
+
+def test_prompt_longer_than_context_is_an_error_or_truncated_on_request(model):
+    long = list(range(1, 201))
+    with pytest.raises(YunqueError, match="truncate=True"):
+        generate_ids(model, long, max_new_tokens=8)
+    stream = generate_ids(model, long, max_new_tokens=8, truncate=True, temperature=0)
+    ids = list(stream)
+    keep = 96 - 8
+    assert stream.result.prompt_truncated and stream.result.prompt_tokens == keep
+    assert ids == naive_greedy(model, long[-keep:], 8)
+
+
+def test_context_fills_up_with_finish_reason_length(model):
+    stream = generate_ids(model, list(range(1, 91)), temperature=0, max_new_tokens=50, stop_token_ids=[])
+    assert len(list(stream)) == 96 - 90 + 1  # the last token fills the context and is not fed back
+    assert stream.result.finish_reason == "length"
+
+
+def test_user_mistakes_are_yunque_errors(model, tok):
+    with pytest.raises(YunqueError, match="vocabulary"):
+        generate_ids(model, [10_000])
+    with pytest.raises(YunqueError, match="empty"):
+        generate_ids(model, [])
+    with pytest.raises(YunqueError, match="need a tokenizer"):
+        generate_ids(model, [1], stop=["x"])
+    with pytest.raises(YunqueError, match="top_p"):
+        generate(model, tok, "hi", top_p=2)
+
+
+def test_closing_a_stream_early_reports_cancelled(model):
+    stream = generate_ids(model, [1, 2], max_new_tokens=50, stop_token_ids=[])
+    next(stream)
+    stream.close()
+    assert stream.result.finish_reason == "cancelled"
+
+
+# ---------------------------------------------------------------------- continuous batching
+
+
+MIXED = [
+    dict(temperature=0),
+    dict(temperature=0, repetition_penalty=1.5, presence_penalty=0.5),
+    dict(seed=3, top_k=20, temperature=0.8),
+    dict(seed=4, min_p=0.1, frequency_penalty=0.3),
+]
+
+
+def alone(model, prompt, params):
+    return list(generate_ids(model, prompt, max_new_tokens=15, stop_token_ids=[], **params))
+
+
+def test_concurrent_requests_equal_each_alone(model):
+    prompts = [[3, 4, 5], list(range(10, 40)), [7], list(range(50, 60))] * 2
+    params = MIXED * 2
+    expected = [alone(model, p, s) for p, s in zip(prompts, params)]
+    with Engine(model, max_batch=3) as engine:
+        results = [None] * len(prompts)
+
+        def client(i):
+            handle = engine.submit(prompts[i], max_new_tokens=15, stop_token_ids=[], **params[i])
+            results[i] = [t for chunk in handle for t in chunk.token_ids]
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results == expected
+
+
+def test_join_and_leave_mid_decode(model):
+    with Engine(model, max_batch=2) as engine:
+        long = engine.submit([1, 2, 3], temperature=0, max_new_tokens=40, stop_token_ids=[])
+        it = iter(long)
+        first = [next(it).token_ids[0] for _ in range(5)]
+        short = engine.submit([9, 8], temperature=0, max_new_tokens=4, stop_token_ids=[])
+        late = engine.submit([4, 4, 4, 4], seed=5, max_new_tokens=6, stop_token_ids=[])  # waits for `short`'s slot
+        rest = [chunk.token_ids[0] for chunk in it]
+        assert first + rest == naive_greedy(model, [1, 2, 3], 40)
+        assert [t for c in short for t in c.token_ids] == naive_greedy(model, [9, 8], 4)
+        assert [t for c in late for t in c.token_ids] == alone(model, [4, 4, 4, 4], dict(seed=5))[:6]
+        assert late.result.queued_seconds > 0 and short.result.finish_reason == "length"
+
+
+def test_cancel_frees_the_slot(model):
+    with Engine(model, max_batch=1) as engine:
+        hog = engine.submit([1], max_new_tokens=10_000, stop_token_ids=[], truncate=True)
+        queued = engine.submit([2], temperature=0, max_new_tokens=5, stop_token_ids=[])
+        next(iter(hog))
+        assert engine.active == 1 and engine.waiting == 1
+        hog.cancel()
+        assert [t for c in queued for t in c.token_ids] == naive_greedy(model, [2], 5)
+        assert hog.result.finish_reason == "cancelled" and hog.result.generated_tokens < 95
+        waiting = engine.submit([3], max_new_tokens=5)
+        waiting.cancel()  # cancelling a queued (or already finished) request is safe
+        list(waiting)
+        assert waiting.result.finish_reason in ("cancelled", "length", "stop")
+        assert engine.active == 0
+
+
+def test_queue_full_is_a_clear_error(model):
+    with Engine(model, max_batch=1, max_queue=1) as engine:
+        running = engine.submit([1], max_new_tokens=90, stop_token_ids=[])
+        next(iter(running))  # it holds the only slot now
+        engine.submit([2], max_new_tokens=5)
+        with pytest.raises(QueueFullError, match="busy"):
+            engine.submit([3], max_new_tokens=5)
+
+
+def test_async_iteration_does_not_block_the_event_loop(model, tok):
+    prompts = ["En un lugar", "hear me speak", "café"]
+    expected = ["".join(generate(model, tok, p, temperature=0, max_new_tokens=20)) for p in prompts]
+
+    async def main():
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker():
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async def consume(handle):
+            return "".join([chunk.text async for chunk in handle]), handle.result
+
+        with Engine(model, tok, max_batch=2) as engine:
+            t = asyncio.create_task(ticker())
+            outs = await asyncio.gather(*(consume(engine.submit(p, temperature=0, max_new_tokens=20)) for p in prompts))
+            done.set()
+            await t
+        return outs, ticks
+
+    outs, ticks = asyncio.run(main())
+    assert [text for text, _ in outs] == expected
+    assert all(isinstance(r, GenerationResult) and r.text == text for text, r in outs)
+    assert ticks > 10
+
+
+def test_shutdown_cancels_running_work_and_refuses_new(model):
+    engine = Engine(model, max_batch=1)
+    handle = engine.submit([1], max_new_tokens=90, stop_token_ids=[])
+    engine.shutdown()
+    list(handle)
+    assert handle.result.finish_reason == "cancelled"
+    with pytest.raises(YunqueError, match="shut down"):
+        engine.submit([1])
+
+
+def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
+    from typer.testing import CliRunner
+
+    from yunque.cli import app
+
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    expected = "".join(generate(model, tok, "hear me", temperature=0, max_new_tokens=12))
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "-", "-t", "0", "-n", "12", "--verbose"], input="hear me")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == expected + "\n"
+    assert "tokens/s" in res.stderr and "12 generated" in res.stderr
+    stop = expected[5:7]
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "hear me", "-t", "0", "-n", "12", "--stop", stop, "--stop", "\\n"])
+    cut = min(i for i in (expected.find(stop), expected.find("\n")) if i >= 0)  # "\\n" on the command line is a newline
+    assert res.exit_code == 0 and res.stdout == expected[:cut] + "\n"
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "x", "--int8", "-n", "3", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+
+
+def test_cli_generate_errors_are_one_sentence(tmp_path):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from yunque.cli import app
+
+    res = subprocess.run([sys.executable, "-m", "yunque.cli", "generate", str(tmp_path / "nope"), "hi"], capture_output=True, text=True)
+    assert res.returncode == 1 and "does not exist" in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
+    res = CliRunner().invoke(app, ["generate", str(tmp_path), "hi", "--top-p", "3"])  # refused before loading anything
+    assert isinstance(res.exception, YunqueError) and "top_p must be" in str(res.exception)
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model):
+    with Engine(model, max_batch=2) as engine:
+        forward = engine._batch._forward
+
+        def broken(*args, **kwargs):
+            engine._batch._forward = forward  # fail once
+            raise RuntimeError("boom")
+
+        engine._batch._forward = broken
+        handle = engine.submit([1, 2], max_new_tokens=5, stop_token_ids=[])
+        with pytest.raises(RuntimeError, match="boom"):
+            list(handle)
+        after = engine.submit([1, 2], temperature=0, max_new_tokens=5, stop_token_ids=[])
+        assert [t for c in after for t in c.token_ids] == naive_greedy(model, [1, 2], 5)

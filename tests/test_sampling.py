@@ -1,0 +1,130 @@
+import pytest
+import torch
+
+from yunque.errors import YunqueError
+from yunque.sampling import SamplingBatch, SamplingParams, apply_penalties, make_generator, sample
+from yunque.textstream import StopStrings
+
+
+def batch_of(*params, seeds=None):
+    seeds = seeds or [p.seed for p in params]
+    return SamplingBatch(params, [make_generator(s, torch.device("cpu")) for s in seeds], torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(temperature=-1), "temperature"),
+        (dict(top_k=-2), "top_k"),
+        (dict(top_p=0), "top_p"),
+        (dict(min_p=1.0), "min_p"),
+        (dict(repetition_penalty=0), "repetition_penalty"),
+        (dict(frequency_penalty=3), "frequency_penalty"),
+        (dict(presence_penalty=-3), "presence_penalty"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(stop=[""]), "stop strings"),
+        (dict(seed="x"), "seed"),
+    ],
+)
+def test_invalid_settings_are_one_clear_error(kw, words):
+    with pytest.raises(YunqueError, match=words):
+        SamplingParams(**kw)
+
+
+def test_unknown_option_is_named_and_single_stop_string_is_wrapped():
+    with pytest.raises(YunqueError, match="bogus"):
+        SamplingParams.from_kwargs(bogus=1)
+    p = SamplingParams.from_kwargs(SamplingParams(top_k=3), stop="\n")
+    assert p.stop == ("\n",) and p.top_k == 3
+
+
+def test_greedy_is_argmax_and_ignores_seed():
+    logits = torch.randn(3, 50)
+    ids = sample(logits, batch_of(*[SamplingParams(temperature=0, seed=s) for s in (1, 2, None)]))
+    assert torch.equal(ids, logits.argmax(-1))
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    logits = torch.randn(4, 100)
+    for p in (SamplingParams(top_k=1), SamplingParams(top_p=1e-6), SamplingParams(min_p=0.999)):
+        for _ in range(5):
+            assert torch.equal(sample(logits, batch_of(*[p] * 4)), logits.argmax(-1))
+
+
+def test_filters_keep_only_allowed_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 30)
+    top5 = set(logits[0].topk(5).indices.tolist())
+    probs = logits[0].softmax(-1)
+    order = probs.argsort(descending=True)
+    nucleus = set(order[: int((probs[order].cumsum(0) < 0.5).sum()) + 1].tolist())
+    above = set(torch.nonzero(probs >= 0.3 * probs.max()).flatten().tolist())
+    gen_k, gen_p, gen_m = (batch_of(SamplingParams(**kw), seeds=[7]) for kw in (dict(top_k=5), dict(top_p=0.5), dict(min_p=0.3)))
+    for _ in range(200):
+        assert int(sample(logits, gen_k)) in top5
+        assert int(sample(logits, gen_p)) in nucleus
+        assert int(sample(logits, gen_m)) in above
+
+
+def test_sampling_follows_the_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 1e-9]]))
+    b = batch_of(SamplingParams(seed=3))
+    draws = torch.stack([sample(logits, b) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.2, 0.0]), atol=0.03)
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    cold = batch_of(SamplingParams(temperature=0.1, seed=0))
+    assert all(int(sample(logits, cold)) == 0 for _ in range(100))
+
+
+def test_seeded_rows_are_reproducible_and_independent_of_batch_mates():
+    logits = torch.randn(1, 1000)
+    alone = batch_of(SamplingParams(seed=42))
+    a = [int(sample(logits, alone)) for _ in range(20)]
+    mixed = batch_of(SamplingParams(temperature=0), SamplingParams(seed=42), SamplingParams(seed=None, top_k=10))
+    b = [int(sample(logits.expand(3, -1), mixed)[1]) for _ in range(20)]
+    assert a == b and len(set(a)) > 1
+
+
+def test_penalties():
+    logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    counts = torch.tensor([[0.0, 0.0, 3.0, 0.0]])
+    b = batch_of(SamplingParams(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25))
+    out = apply_penalties(logits, seen, counts, b)
+    assert torch.allclose(out, torch.tensor([[1.0, -4.0, 1.0 - 1.5 - 0.25, 0.5]]))
+    # Under greedy decoding the penalty changes the winner.
+    assert int(sample(logits, batch_of(SamplingParams(temperature=0)))) == 0
+    assert int(sample(logits, batch_of(SamplingParams(temperature=0, repetition_penalty=3.0)), seen, counts)) == 2
+
+
+def feed_all(stops, pieces):
+    s = StopStrings(stops)
+    out = [s.feed(p) for p in pieces]
+    return out, s.flush(), s.stopped
+
+
+def test_stop_string_split_across_pieces_is_not_emitted():
+    out, rest, stopped = feed_all(["END"], ["hello E", "N", "D and more"])
+    assert "".join(out) + rest == "hello " and stopped
+    assert out[0] == "hello "  # "E" held back only while it could start "END"
+
+
+def test_held_text_is_released_when_ruled_out():
+    out, rest, stopped = feed_all(["END"], ["a E", "x", "EN"])
+    assert out == ["a ", "Ex", ""] and rest == "EN" and not stopped
+
+
+def test_earliest_of_several_stop_strings_wins():
+    out, _, stopped = feed_all(["\n\n", "User:"], ["ok User: hi\n\n"])
+    assert out == ["ok "] and stopped
+
+
+def test_a_zero_exponential_draw_never_picks_a_filtered_token(monkeypatch):
+    logits = torch.tensor([[5.0, 0.0, -1.0]])
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
+    for _ in range(3):
+        assert int(sample(logits, batch_of(SamplingParams(top_k=1, temperature=1.0)))) == 0

@@ -1,0 +1,322 @@
+"""A live `yunque serve` with a tiny model, exercised by the official `ollama` and `openai` clients.
+
+One server per module (started once, ~3 s); the model is a random-initialised yunque
+Transformer with a tokenizer trained on a few KB of text, so answers are gibberish but every
+property of the APIs (shapes, streaming, counts, errors, concurrency) is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+from serving import rss_bytes, serve_tiny
+
+CONTEXT = 2048
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = serve_tiny(tmp_path_factory, max_seq_len=CONTEXT)
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def oc(server):
+    return ollama.Client(host=server.url)
+
+
+@pytest.fixture
+def ai(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_root_version_and_list(server, oc):
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and "running" in r.text
+    assert httpx.head(server.url + "/").status_code == 200
+    assert httpx.get(server.url + "/api/version").json()["version"]
+    names = [m.model for m in oc.list().models]
+    assert names == ["tiny:latest"]
+
+
+def test_show(oc):
+    info = oc.show("tiny")
+    assert "FROM" in info.modelfile
+    assert "<|assistant|>" in info.template
+    assert info.details.family == "llama"
+    assert info.modelinfo["general.parameter_count"] > 0
+
+
+def test_chat_and_generate(oc):
+    r = oc.chat(model="tiny", messages=[{"role": "user", "content": "Hello there"}], options={"num_predict": 8, "seed": 3, "temperature": 0.9})
+    assert r.done and r.done_reason in ("stop", "length")
+    assert r.message.role == "assistant" and isinstance(r.message.content, str)
+    assert 1 <= r.eval_count <= 8 and r.prompt_eval_count > 3
+    assert r.total_duration >= r.eval_duration > 0 and r.prompt_eval_duration > 0  # nanoseconds
+    again = oc.chat(model="tiny", messages=[{"role": "user", "content": "Hello there"}], options={"num_predict": 8, "seed": 3, "temperature": 0.9})
+    assert again.message.content == r.message.content  # a seed makes the answer repeatable
+
+    g = oc.generate(model="tiny", prompt="Beautiful is better", options={"num_predict": 5, "temperature": 0})
+    assert g.done and g.eval_count <= 5
+    assert g.prompt_eval_count < len(g.context) <= g.prompt_eval_count + g.eval_count  # prompt ids, then the answer's
+    follow = oc.generate(model="tiny", prompt="and then", context=g.context, options={"num_predict": 2})
+    assert follow.prompt_eval_count > len(g.context)  # the conversation so far is part of the prompt
+    raw = oc.generate(model="tiny", prompt="Beautiful is better", raw=True, options={"num_predict": 3, "temperature": 0})
+    assert raw.prompt_eval_count < g.prompt_eval_count  # no template around a raw prompt
+
+
+def test_streaming_chat_and_generate(oc):
+    parts = list(oc.chat(model="tiny", messages=[{"role": "user", "content": "Tell me"}], stream=True, options={"num_predict": 12, "temperature": 0}))
+    assert len(parts) >= 2 and all(not p.done for p in parts[:-1]) and parts[-1].done
+    assert parts[-1].eval_count <= 12 and parts[-1].done_reason in ("stop", "length")
+    text = "".join(p.message.content for p in parts)
+    whole = oc.chat(model="tiny", messages=[{"role": "user", "content": "Tell me"}], options={"num_predict": 12, "temperature": 0})
+    assert text == whole.message.content  # greedy: streamed pieces add up to the one-shot answer
+    gen_parts = list(oc.generate(model="tiny", prompt="Flat is better", stream=True, options={"num_predict": 4}))
+    assert gen_parts[-1].done and sum(1 for p in gen_parts if not p.done) >= 1
+
+
+def test_stop_and_system_override(server):
+    def gen(**extra):
+        body = {"model": "tiny", "prompt": "x", "stream": False, **extra}
+        return httpx.post(server.url + "/api/generate", json=body).json()
+
+    plain, with_system = gen(options={"num_predict": 2}), gen(system="Be brief.", options={"num_predict": 2})
+    assert with_system["prompt_eval_count"] > plain["prompt_eval_count"]  # the system turn is in the prompt
+    answer = gen(options={"num_predict": 20, "temperature": 0})["response"]
+    assert answer
+    cut = gen(options={"num_predict": 20, "temperature": 0, "stop": [answer[-1]]})
+    # The greedy answer repeats up to the first occurrence of its last character, which is not emitted.
+    assert cut["done_reason"] == "stop" and cut["response"] == answer[: answer.index(answer[-1])]
+
+
+def test_json_format_is_validated(server):
+    r = httpx.post(server.url + "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "format": "json", "stream": False, "options": {"num_predict": 6}}, timeout=60)
+    # A random model cannot write JSON: the server says so instead of passing gibberish off as JSON.
+    if r.status_code == 200:
+        json.loads(r.json()["message"]["content"])
+    else:
+        assert r.status_code == 422 and "valid JSON" in r.json()["error"]
+
+
+def test_embeddings(oc, ai):
+    e = oc.embed(model="tiny", input=["one", "two words"])
+    assert len(e.embeddings) == 2 and len(e.embeddings[0]) == len(e.embeddings[1]) > 0
+    legacy = oc.embeddings(model="tiny", prompt="one")
+    assert legacy.embedding == pytest.approx(e.embeddings[0], rel=1e-4, abs=1e-5)
+    f = ai.embeddings.create(model="tiny", input="one")
+    assert f.data[0].embedding == pytest.approx(e.embeddings[0], rel=1e-4, abs=1e-5)
+    b = httpx.post(str(ai.base_url) + "embeddings", json={"model": "tiny", "input": ["one"], "encoding_format": "base64"}).json()
+    import numpy as np
+
+    decoded = np.frombuffer(base64.b64decode(b["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == pytest.approx(e.embeddings[0], rel=1e-4, abs=1e-5)
+
+
+def test_create_copy_delete(oc):
+    oc.create(model="brief", from_="tiny", system="Answer in one word.", parameters={"temperature": 0.2})
+    info = oc.show("brief")
+    assert "Answer in one word." in info.modelfile and "temperature" in info.parameters
+    oc.copy("brief", "brief2")
+    assert {"brief:latest", "brief2:latest"} <= {m.model for m in oc.list().models}
+    r = oc.chat(model="brief2", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 2})
+    assert r.done
+    oc.delete("brief")
+    oc.delete("brief2")
+    assert {m.model for m in oc.list().models} == {"tiny:latest"}
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.delete("brief")
+    assert e.value.status_code == 404
+
+
+def test_ps_and_unload(server, oc):
+    oc.generate(model="tiny", prompt="warm", options={"num_predict": 1})
+    running = oc.ps().models
+    assert [m.model for m in running] == ["tiny:latest"] and running[0].size > 0
+    r = httpx.post(server.url + "/api/generate", json={"model": "tiny", "keep_alive": 0})
+    assert r.json()["done_reason"] == "unload"
+    assert oc.ps().models == []
+
+
+def test_openai_chat(ai):
+    r = ai.chat.completions.create(model="tiny", messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, seed=1)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens <= 6
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    chunks = list(ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_completion_tokens=6, temperature=0, seed=1, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens <= 6 and chunks[-1].choices == []
+    assert chunks[-2].choices[0].finish_reason in ("stop", "length")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0)
+    assert streamed == whole.choices[0].message.content
+
+
+def test_openai_completions_and_models(ai):
+    assert [m.id for m in ai.models.list().data] == ["tiny:latest"]
+    r = ai.completions.create(model="tiny", prompt="Simple is better than", max_tokens=4, temperature=0)
+    assert r.object == "text_completion" and r.usage.completion_tokens <= 4
+    pieces = list(ai.completions.create(model="tiny", prompt="Simple is better than", max_tokens=4, temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == r.choices[0].text
+
+
+def test_openai_errors(ai):
+    with pytest.raises(openai.NotFoundError) as e:
+        ai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["type"] == "invalid_request_error" and "nope" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError):
+        ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.BadRequestError) as e:
+        ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10 * CONTEXT)
+    assert "context" in e.value.body["message"]
+
+
+def test_ollama_errors(oc):
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.chat(model="missing", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 404 and "missing" in e.value.error
+    with pytest.raises(ollama.ResponseError) as e:
+        oc.pull("tiny")
+    assert "yunque import" in e.value.error
+
+
+BAD_REQUESTS = [
+    ("POST", "/api/chat", b"{not json", 400),
+    ("POST", "/api/chat", b'{"model": 5, "messages": []}', 400),
+    ("POST", "/api/chat", b'{"model": "tiny", "messages": "hello"}', 400),
+    ("POST", "/api/chat", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "options": {"temperature": "hot"}}', 400),
+    ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "options": {"num_predict": 1000000000000}}', 400),
+    ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "stream": "yes please"}', 400),
+    ("POST", "/api/generate", b'{"model": "no-such-model", "prompt": "x"}', 404),
+    ("POST", "/api/generate", b'{"model": "../etc/passwd", "prompt": "x"}', 400),
+    ("POST", "/api/generate", b'{"model": "tiny", "prompt": "x", "keep_alive": "forever"}', 400),
+    ("POST", "/api/show", b'{"model": "nothing"}', 404),
+    ("POST", "/api/embed", b'{"model": "tiny", "input": 3}', 400),
+    ("POST", "/v1/chat/completions", b"[1, 2", 400),
+    ("POST", "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": "many"}', 400),
+    ("POST", "/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}', 400),
+    ("POST", "/v1/completions", b'{"model": "tiny", "prompt": "x", "temperature": 9}', 400),
+    ("POST", "/v1/embeddings", b'{"model": "tiny", "input": "x", "encoding_format": "hex"}', 400),
+    ("GET", "/api/nowhere", b"", 404),
+]
+
+
+def test_bad_input_battery_then_still_serving(server):
+    over_context = json.dumps({"model": "tiny", "prompt": "word " * (CONTEXT + 50), "raw": True}).encode()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for method, path, body, status in [*BAD_REQUESTS, ("POST", "/api/generate", over_context, 400)]:
+            r = http.request(method, path, content=body)
+            assert r.status_code == status, (path, body[:80], r.text)
+            err = r.json()["error"]
+            if path.startswith("/v1"):
+                assert set(err) == {"message", "type", "param", "code"} and err["message"]
+            else:
+                assert isinstance(err, str) and err
+        ok = http.post("/api/generate", json={"model": "tiny", "prompt": "still there?", "stream": False, "options": {"num_predict": 2}})
+        assert ok.status_code == 200 and ok.json()["done"]
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_disconnect_cancels_generation(server):
+    """A client that leaves mid-stream frees its batch slot at once, long before its answer would have ended."""
+    body = {"model": "tiny", "prompt": "go", "options": {"num_predict": CONTEXT - 100, "temperature": 0}}
+
+    def busy(http: httpx.Client) -> int:
+        return sum(m["requests"]["running"] + m["requests"]["waiting"] for m in http.get("/api/ps").json()["models"])
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        full = http.post("/api/generate", json={**body, "stream": False}).json()
+        assert full["done_reason"] == "length"  # greedy on this model never meets a stop token
+        whole = full["eval_duration"] / 1e9
+        with http.stream("POST", "/api/generate", json=body) as r:
+            lines = r.iter_lines()
+            assert not json.loads(next(lines))["done"]
+            assert busy(http) == 1
+        t0 = time.monotonic()
+        while busy(http) and time.monotonic() - t0 < whole:
+            time.sleep(0.01)
+        assert busy(http) == 0 and time.monotonic() - t0 < whole / 3
+        # The same for a client that gives up on a non-streaming answer.
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/api/generate", json={**body, "stream": False}, timeout=whole / 6)
+        t0 = time.monotonic()
+        while busy(http) and time.monotonic() - t0 < whole:
+            time.sleep(0.01)
+        assert busy(http) == 0 and time.monotonic() - t0 < whole / 2  # the server checks on the client every 0.1 s
+
+
+async def _client(http: httpx.AsyncClient, i: int, rounds: int) -> list[tuple[int, int]]:
+    out = []
+    for j in range(rounds):
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"client {i} request {j}"}], "options": {"num_predict": 24, "seed": i * 100 + j}}
+        n_chunks, final = 0, None
+        async with http.stream("POST", "/api/chat", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                event = json.loads(line)
+                assert "error" not in event
+                n_chunks += 1
+                final = event
+        assert final["done"] and final["eval_count"] >= 1
+        out.append((n_chunks, final["eval_count"]))
+    return out
+
+
+@pytest.mark.slow
+def test_load_16_concurrent_streaming_clients(server):
+    async def wave(rounds: int) -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=32)) as http:
+            return await asyncio.gather(*(_client(http, i, rounds) for i in range(16)))
+
+    asyncio.run(wave(1))  # warm-up: load the model, reach steady state
+    before = rss_bytes(server.proc.pid)
+    t0 = time.perf_counter()
+    results = asyncio.run(wave(3))
+    elapsed = time.perf_counter() - t0
+    after_first = rss_bytes(server.proc.pid)
+    asyncio.run(wave(3))
+    after = rss_bytes(server.proc.pid)
+    assert sum(len(r) for r in results) == 48 and all(n >= 1 for r in results for _, n in r)
+    assert elapsed < 60
+    # Memory is stable: the second batch of 48 requests adds (almost) nothing over the first.
+    assert after - after_first < 24 * 2**20, (before, after_first, after)
+    assert after - before < 64 * 2**20, (before, after_first, after)
+
+
+def _cli(server, *args, host=None, input=None):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "YUNQUE_HOME": str(server.home), "YUNQUE_HOST": host or f"127.0.0.1:{server.port}"}
+    return subprocess.run([sys.executable, "-m", "yunque.cli", *args], env=env, capture_output=True, text=True, timeout=120, input=input)
+
+
+def test_cli_run_ps_stop_through_the_server(server):
+    r = _cli(server, "run", "tiny", "Say something")
+    assert r.returncode == 0 and r.stdout.strip() and "in this process" not in r.stderr
+    ps = _cli(server, "ps")
+    assert ps.returncode == 0 and "tiny:latest" in ps.stdout
+    stop = _cli(server, "stop", "tiny")
+    assert stop.returncode == 0
+    assert httpx.get(server.url + "/api/ps").json()["models"] == []
+    missing = _cli(server, "run", "nope", "hi")
+    assert missing.returncode == 1 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_cli_run_in_process_without_a_server(server):
+    from serving import free_port
+
+    # Piped standard input is the prompt, as with `ollama run`; the interactive loop is tested in test_server_unit.
+    chat = _cli(server, "run", "tiny", host=f"127.0.0.1:{free_port()}", input="hello there\n")
+    assert chat.returncode == 0 and "loading tiny in this process" in chat.stderr and chat.stdout.strip()
+    none = _cli(server, "ps", host=f"127.0.0.1:{free_port()}")
+    assert none.returncode == 1 and "yunque serve" in none.stderr

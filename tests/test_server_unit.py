@@ -1,0 +1,216 @@
+"""Server pieces without a live server: addresses and keys, keep_alive, the model manager, auth, `yunque run`'s chat loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from serving import free_port, make_tiny_model
+
+from yunque.errors import YunqueError
+from yunque.server.client import Client
+from yunque.server.errors import ModelNotFound
+from yunque.server.manager import ModelManager
+from yunque.server.repl import chat_loop
+from yunque.server.settings import base_url, is_loopback, parse_host, parse_keep_alive, require_key_for
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, ("127.0.0.1", 11434)),
+        ("0.0.0.0:8080", ("0.0.0.0", 8080)),
+        ("http://example.org", ("example.org", 11434)),
+        (":9000", ("127.0.0.1", 9000)),
+        ("[::1]:7000", ("::1", 7000)),
+        ("localhost", ("localhost", 11434)),
+    ],
+)
+def test_parse_host(value, expected):
+    assert parse_host(value) == expected
+
+
+def test_bad_host_and_urls():
+    with pytest.raises(YunqueError, match="0.0.0.0:8080"):
+        parse_host("host:notaport")
+    assert base_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert base_url("::1", 1) == "http://[::1]:1"
+
+
+def test_non_loopback_needs_a_key():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    require_key_for("127.0.0.1", None)
+    require_key_for("0.0.0.0", "secret")
+    with pytest.raises(YunqueError, match="YUNQUE_API_KEY"):
+        require_key_for("0.0.0.0", None)
+
+
+def test_serve_refuses_public_address_without_key(tmp_path):
+    env = {"YUNQUE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "YUNQUE_HOST": f"0.0.0.0:{free_port()}"}
+    r = subprocess.run([sys.executable, "-m", "yunque.cli", "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "YUNQUE_API_KEY" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("value, seconds", [(None, 300), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (0, 0), ("0", 0), (12.5, 12.5)])
+def test_keep_alive(value, seconds):
+    assert parse_keep_alive(value) == pytest.approx(seconds)
+
+
+def test_keep_alive_forever_and_errors():
+    assert parse_keep_alive(-1) == math.inf and parse_keep_alive("-1m") == math.inf
+    for bad in ("forever", "5 minutes", True, [1]):
+        with pytest.raises(YunqueError):
+            parse_keep_alive(bad)
+
+
+@pytest.fixture
+def store_with_models(tmp_path, monkeypatch):
+    from yunque import store
+
+    src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
+    for name in ("a", "b", "c"):
+        store.import_model(src, name)
+    return store
+
+
+def _fake_loader(loads: list[str]):
+    def load(entry):
+        loads.append(str(entry.name))
+        scheduler = SimpleNamespace(shutdown=lambda: loads.append(f"shutdown {entry.name}"))
+        return SimpleNamespace(scheduler=scheduler, device="cpu", context_length=64, size=1)
+
+    return load
+
+
+def test_manager_loads_once_keeps_alive_and_unloads(store_with_models):
+    loads: list[str] = []
+
+    async def scenario():
+        manager = ModelManager(_fake_loader(loads), default_keep_alive=300, max_loaded=2, reap_interval=0.01)
+        await manager.start()
+        got = await asyncio.gather(*(manager.acquire("a") for _ in range(5)))
+        assert loads == ["a:latest"] and {id(lm) for lm, _ in got} == {id(got[0][0])}
+        lm = got[0][0]
+        assert lm.active == 5
+        for lm_, _ in got:
+            manager.release(lm_)
+        assert [m.name for m in manager.running()] == ["a:latest"]
+        # keep_alive 0 unloads as soon as the last request using the model is done
+        lm, _ = await manager.acquire("b", keep_alive=0)
+        assert lm.active == 1 and manager.get_loaded("b")
+        manager.release(lm)
+        await asyncio.sleep(0.05)
+        assert manager.get_loaded("b") is None and "shutdown b:latest" in loads
+        # at capacity, the least recently used idle model makes room
+        await manager.acquire("b")
+        lm_c, _ = await manager.acquire("c")
+        assert manager.get_loaded("a") is None and {m.name for m in manager.running()} == {"b:latest", "c:latest"}
+        # a short keep_alive expires through the reaper; a model in use is never unloaded under its request
+        lm_c.keep_alive = 0.01
+        await asyncio.sleep(0.1)
+        assert manager.get_loaded("c") is not None
+        manager.release(lm_c)
+        await asyncio.sleep(0.1)
+        assert manager.get_loaded("c") is None
+        with pytest.raises(ModelNotFound):
+            await manager.acquire("zzz")
+        with pytest.raises(YunqueError, match="Invalid model name"):
+            await manager.acquire("../x")
+        await manager.close()
+        assert manager.running() == []
+
+    asyncio.run(scenario())
+
+
+def test_api_key_is_required_on_every_route(store_with_models):
+    from yunque.server import create_app
+
+    app = create_app(ModelManager(_fake_loader([])), api_key="s3cret")
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            r = await http.get("/api/tags")
+            assert r.status_code == 401 and "API key" in r.json()["error"]
+            r = await http.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert (await http.get("/", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+            r = await http.get("/api/tags", headers={"Authorization": "Bearer s3cret"})
+            assert r.status_code == 200 and len(r.json()["models"]) == 3
+            page = await http.get("/ui/")  # the page itself holds nothing secret; it asks for the key
+            assert page.status_code == 200 and "yunque" in page.text
+
+    asyncio.run(scenario())
+
+
+def test_client_without_server_says_how_to_start_one():
+    client = Client(f"http://127.0.0.1:{free_port()}")
+    assert not client.is_running()
+    with pytest.raises(YunqueError, match="yunque serve"):
+        client.ps()
+
+
+class EchoBackend:
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, messages, options):
+        self.calls.append((messages, dict(options)))
+        yield "echo: "
+        yield messages[-1]["content"]
+
+    def close(self):
+        pass
+
+
+def test_chat_loop_commands_and_history():
+    backend = EchoBackend()
+    lines = iter(["/?", "/set system Be terse.", "hello", "/set parameter temperature 0.3", "/set parameter temperature hot", "again", "/clear", "fresh", "/nope", "/bye", "unreached"])
+    out = io.StringIO()
+    chat_loop(backend, read=lambda prompt: next(lines), out=out)
+    text = out.getvalue()
+    assert "/set system" in text and "echo: hello" in text and "Unknown command" in text and "Could not set it" in text
+    first, second, third = backend.calls
+    assert first[0] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hello"}]
+    assert [m["content"] for m in second[0]] == ["Be terse.", "hello", "echo: hello", "again"] and second[1] == {"temperature": 0.3}
+    assert [m["content"] for m in third[0]] == ["Be terse.", "fresh"]
+    assert len(backend.calls) == 3  # nothing after /bye
+
+
+class _FullEngine:
+    """An engine whose queue is always full."""
+
+    active = waiting = 0
+
+    def submit(self, ids, params):
+        from yunque.engine import QueueFullError
+
+        raise QueueFullError("full")
+
+    def shutdown(self):
+        pass
+
+
+def test_full_queue_is_503_in_both_dialects(store_with_models):
+    from yunque.server import create_app
+    from yunque.tokenizer import Tokenizer
+
+    def load(entry):
+        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
+
+    app = create_app(ModelManager(load))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            r = await http.post("/api/chat", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 503 and "busy" in r.json()["error"]
+            r = await http.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
+
+    asyncio.run(scenario())

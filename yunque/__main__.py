@@ -1,0 +1,5 @@
+"""`python -m yunque` (and `torchrun -m yunque train ...`) run the command line."""
+
+from yunque.cli import main
+
+main()

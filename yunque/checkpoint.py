@@ -1,0 +1,154 @@
+"""Atomic training checkpoints: weights, optimizer, RNG and loop state, with no pickle.
+
+A checkpoint is a directory `OUT/checkpoints/step_NNNNNNN/` that is itself a model
+directory in Hugging Face layout (so `Transformer.from_pretrained` and `transformers`
+load it), plus what resuming needs:
+
+    config.json, model.safetensors, tokenizer files   the model, as save_pretrained writes it
+    optimizer.safetensors + optimizer.json            AdamW moments and param groups
+    rng.safetensors                                   torch CPU (and CUDA) generator states
+    trainer_state.json                                step, tokens seen, elapsed time, TrainConfig
+
+The directory is written under a temporary name and renamed into place
+(`yunque.fsutil.atomic_dir`), so a kill at any moment leaves either the previous
+checkpoints intact or a new complete one; `latest_checkpoint` only ever sees complete ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from yunque.errors import YunqueError
+from yunque.fsutil import atomic_dir
+
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step_(\d{7,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    tokenizer: Any = None,
+    keep_last: int | None = None,
+) -> Path:
+    """Write `root/step_NNNNNNN/` atomically, then delete all but the newest `keep_last`."""
+    path = Path(root) / checkpoint_name(step)
+    with atomic_dir(path, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        tensors, meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(meta))
+        save_file(_rng_state(), tmp / "rng.safetensors")
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    if keep_last:
+        prune_checkpoints(root, keep_last)
+    return path
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Restore weights (and optimizer and RNG state) in place; return the trainer state."""
+    path = Path(path)
+    state = read_state(path)
+    load_weights(model, path)
+    if optimizer is not None:
+        meta = json.loads((path / "optimizer.json").read_text())
+        optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta))
+    _set_rng_state(load_file(path / "rng.safetensors"))
+    return state
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load the weights of the Hugging Face directory `path` into `model`, in place."""
+    from yunque.model import Transformer
+
+    model.load_state_dict(Transformer.from_pretrained(path).state_dict())
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory, with a clear error if it is not one."""
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise YunqueError(f"{path} is not a training checkpoint (no {STATE_FILE}); pass an OUT/checkpoints/step_* directory.")
+    return json.loads(file.read_text())
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (temporary and half-deleted ones are dot-named)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(root: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints. Each is renamed to a hidden name
+    first, so a kill during deletion never leaves a half-deleted directory that looks complete."""
+    for old in list_checkpoints(root)[:-keep_last]:
+        discard_checkpoint(old)
+
+
+def discard_checkpoint(path: str | Path) -> None:
+    """Delete one checkpoint: hidden by a rename first, then removed."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, entry in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def _set_rng_state(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])

@@ -1,0 +1,478 @@
+"""Generation: a static KV cache, one prefill pass, then one token per step for every active row.
+
+Three ways in, one machinery underneath (`Batch`, a set of cache slots decoded together):
+- `generate_ids(model, ids, ...)` / `generate(model, tokenizer, prompt, ...)`: one sequence,
+  streamed in the caller's thread; the returned stream carries a `GenerationResult` once done.
+- `generate_batch(model, prompts, ...)`: several prompts of different lengths decoded together.
+- `Engine`: a background thread that owns the model and runs continuous batching: requests
+  join free slots and leave between decode steps, each with its own sampling settings. Its
+  handles are sync and async iterators, so an asyncio server never blocks its event loop.
+
+Active requests always sit in slots 0..n-1 (a leaving request's slot is filled by moving the
+last one down), so a decode step reads the cache as a plain prefix view: no gathers, no
+index tensors built per step, and the sampling settings are turned into tensors only when
+the batch changes.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from yunque.errors import YunqueError
+from yunque.model import KVCache, Transformer
+from yunque.sampling import SamplingBatch, SamplingParams, make_generator, sample
+from yunque.textstream import TextStream
+
+
+class QueueFullError(YunqueError):
+    """The engine has as many requests waiting as it accepts; the server answers 503."""
+
+
+@dataclass
+class GenerationResult:
+    """How one generation ended, with the counts and timings an API response reports.
+
+    `generated_tokens` counts every sampled token, including a stop token (which is never
+    emitted as text or yielded as an id). Durations are in seconds: `queued_seconds` waiting
+    for a slot, `prompt_seconds` for the prefill pass and the first token, `generation_seconds`
+    for the remaining decode steps.
+    """
+
+    finish_reason: str  # "stop" (stop token or string), "length", "cancelled" or "error"
+    prompt_tokens: int
+    generated_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    queued_seconds: float = 0.0
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    prompt_truncated: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        steps = self.generated_tokens - 1  # the first token comes from the prefill pass
+        return steps / self.generation_seconds if steps > 0 and self.generation_seconds > 0 else 0.0
+
+
+@dataclass
+class Chunk:
+    """What one decode step produced for a request: its new token id(s) and the text now safe to show.
+
+    `text` may be empty (half a UTF-8 character, or text that could still become a stop string).
+    """
+
+    token_ids: list[int]
+    text: str
+
+
+class Request:
+    """One generation's state, owned by whoever runs the `Batch` it sits in."""
+
+    def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int], text: TextStream | None,
+                 truncated: bool, on_chunk: Callable[[Chunk], None], on_done: Callable[[GenerationResult], None]) -> None:
+        self.prompt_ids, self.params, self.stop_ids, self.text = prompt_ids, params, stop_ids, text
+        self.truncated = truncated
+        self.on_chunk, self.on_done = on_chunk, on_done
+        self.generated: list[int] = []
+        self.pieces: list[str] = []
+        self.generator: torch.Generator | None = None
+        self.cancelled = False
+        self.finished = False
+        self.t_submit = time.perf_counter()
+        self.t_start = self.t_prefill = 0.0
+        self.cached = 0  # tokens of this request in its cache slot
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    def finish(self, reason: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        now = time.perf_counter()
+        if self.text is not None:
+            tail = self.text.finish() if reason != "cancelled" else ""
+            if tail:
+                self.pieces.append(tail)
+                self.on_chunk(Chunk([], tail))
+        started = self.t_start or now
+        prefilled = self.t_prefill or now
+        emitted = [t for t in self.generated if t not in self.stop_ids]
+        self.on_done(GenerationResult(
+            finish_reason=reason,
+            prompt_tokens=len(self.prompt_ids),
+            generated_tokens=len(self.generated),
+            prompt_seconds=prefilled - started,
+            generation_seconds=now - prefilled,
+            queued_seconds=started - self.t_submit,
+            token_ids=emitted,
+            text="".join(self.pieces),
+            prompt_truncated=self.truncated,
+        ))
+
+    def fail(self, error: BaseException) -> None:
+        """The engine broke while running this request: report the error instead of a result."""
+        if not self.finished:
+            self.finished = True
+            if self.on_error is None:
+                raise error
+            self.on_error(error)
+
+
+class Batch:
+    """`n_slots` rows of one static KV cache decoded together; not thread-safe (one owner)."""
+
+    def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None) -> None:
+        self.model = model
+        self.cache = model.make_cache(n_slots, max_len)
+        self.max_len = self.cache.max_len
+        self.device = model.tok_emb.weight.device
+        self.vocab_size = model.config.vocab_size
+        self.active: list[Request] = []
+        self.pos = torch.zeros(n_slots, dtype=torch.long, device=self.device)  # next cache position per slot
+        self.last = torch.zeros(n_slots, 1, dtype=torch.long, device=self.device)  # last sampled token per slot
+        self.seen: Tensor | None = None  # (n_slots, V) penalty state, allocated on the first request that needs it
+        self.counts: Tensor | None = None
+        self._sampling: SamplingBatch | None = None
+        self._views: dict[int, KVCache] = {}
+        self._forward = _decode_step(model)
+
+    @property
+    def n_slots(self) -> int:
+        return self.pos.shape[0]
+
+    @property
+    def free_slots(self) -> int:
+        return self.n_slots - len(self.active)
+
+    def _view(self, n: int) -> KVCache:
+        """The first n rows of the cache as a plain view (writes land in the shared buffers)."""
+        if n not in self._views:
+            self._views[n] = self.cache if n == self.n_slots else KVCache([k[:n] for k in self.cache.k], [v[:n] for v in self.cache.v])
+        return self._views[n]
+
+    @torch.inference_mode()
+    def add(self, *reqs: Request) -> None:
+        """Prefill `reqs` into the next free slots and emit their first tokens.
+
+        Prompts of similar length are prefilled together, right-padded: a row never attends
+        past its own position, so the padding's cache entries are never read, and later
+        decode steps overwrite them.
+        """
+        for group in _similar_lengths(reqs):
+            self._prefill(group)
+
+    def _prefill(self, group: list[Request]) -> None:
+        lo, n = len(self.active), len(group)
+        t_start = time.perf_counter()
+        lengths = [len(r.prompt_ids) for r in group]
+        ids = torch.zeros(n, max(lengths), dtype=torch.long)
+        for row, req in enumerate(group):
+            req.t_start = t_start
+            req.generator = make_generator(req.params.seed, self.device)
+            ids[row, : lengths[row]] = torch.tensor(req.prompt_ids)
+            req.cached = lengths[row]
+        ids = ids.to(self.device)
+        # Chunks bound the logits a forward returns (rows x chunk x vocab) for long prompts or big vocabularies.
+        chunk = max(1, _LOGITS_BUDGET // (n * self.vocab_size))
+        cache = KVCache([k[lo : lo + n] for k in self.cache.k], [v[lo : lo + n] for v in self.cache.v])
+        last = torch.empty(n, self.vocab_size, device=self.device)
+        for start in range(0, ids.shape[1], chunk):
+            logits = self.model(ids[:, start : start + chunk], cache=cache, input_pos=self.pos.new_full((n,), start))
+            for row, length in enumerate(lengths):
+                if start <= length - 1 < start + chunk:
+                    last[row] = logits[row, length - 1 - start]
+        self.pos[lo : lo + n] = torch.tensor(lengths, device=self.device)
+        self.active.extend(group)
+        self._sampling = None
+        if any(r.params.has_penalties for r in group):
+            if self.seen is None:
+                self.seen = torch.zeros(self.n_slots, self.vocab_size, dtype=torch.bool, device=self.device)
+                self.counts = torch.zeros(self.n_slots, self.vocab_size, device=self.device)
+            self.seen[lo : lo + n] = False
+            self.counts[lo : lo + n] = 0
+            for row, length in enumerate(lengths):
+                self.seen[lo + row, ids[row, :length]] = True
+        tokens = self._sample(last, lo, lo + n)
+        t_done = time.perf_counter()
+        for req in group:
+            req.t_prefill = t_done
+        self._emit(group, tokens.tolist())
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One decode step: every active request gets one token; finished ones leave."""
+        n = len(self.active)
+        if n == 0:
+            return
+        logits = self._forward(self.last[:n], cache=self._view(n), input_pos=self.pos[:n])[:, -1]
+        self.pos[:n] += 1
+        for req in self.active:
+            req.cached += 1
+        self._emit(self.active, self._sample(logits, 0, n).tolist())
+
+    def _sample(self, logits: Tensor, lo: int, hi: int) -> Tensor:
+        reqs = self.active[lo:hi]
+        batch = self._sampling if (lo, hi) == (0, len(self.active)) else None
+        if batch is None:
+            batch = SamplingBatch([r.params for r in reqs], [r.generator for r in reqs], self.device)
+            if (lo, hi) == (0, len(self.active)):
+                self._sampling = batch
+        if batch.penalized:
+            # Rows without penalties never had their state reset: multiplying by 1 / adding 0 keeps them exact.
+            token = sample(logits, batch, self.seen[lo:hi], self.counts[lo:hi])
+            self.seen[lo:hi].scatter_(1, token[:, None], True)
+            self.counts[lo:hi].scatter_add_(1, token[:, None], torch.ones_like(token[:, None], dtype=self.counts.dtype))
+        else:
+            token = sample(logits, batch)
+        self.last[lo:hi, 0] = token
+        return token
+
+    def _emit(self, reqs: list[Request], tokens: list[int]) -> None:
+        done = []
+        for req, token in zip(reqs, tokens):
+            if req.cancelled:
+                done.append((req, "cancelled"))
+                continue
+            req.generated.append(token)
+            reason = None
+            if token in req.stop_ids:
+                reason = "stop"
+            else:
+                piece = req.text.add(token) if req.text is not None else ""
+                if piece:
+                    req.pieces.append(piece)
+                req.on_chunk(Chunk([token], piece))
+                if req.text is not None and req.text.stopped:
+                    reason = "stop"
+                elif len(req.generated) >= req.params.max_new_tokens or req.cached >= self.max_len:
+                    reason = "length"
+            if reason:
+                done.append((req, reason))
+        for req, reason in done:
+            self.remove(req, reason)
+
+    def remove(self, req: Request, reason: str) -> None:
+        """Free `req`'s slot (moving the last active request into it) and report its result."""
+        slot = self.active.index(req)
+        last = len(self.active) - 1
+        if slot != last:
+            for buf in (*self.cache.k, *self.cache.v):
+                buf[slot] = buf[last]
+            for t in (self.pos, self.last, self.seen, self.counts):
+                if t is not None:
+                    t[slot] = t[last]
+            self.active[slot] = self.active[last]
+        self.active.pop()
+        self._sampling = None
+        req.finish(reason)
+
+    def reset(self) -> list[Request]:
+        """Empty every slot without reporting results (after a failed step); returns who was there."""
+        reqs, self.active, self._sampling = self.active, [], None
+        return reqs
+
+    def cancel_flagged(self) -> None:
+        for req in [r for r in self.active if r.cancelled]:
+            self.remove(req, "cancelled")
+
+
+_LOGITS_BUDGET = 1 << 25  # floats of logits per prefill forward (128 MiB in float32)
+
+
+def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
+    """Groups to prefill together: longest first, a group grows while padding stays under a third of it."""
+    groups: list[list[Request]] = []
+    for req in sorted(reqs, key=lambda r: -len(r.prompt_ids)):
+        group = groups[-1] if groups else None
+        if group is not None:
+            longest = len(group[0].prompt_ids)
+            real = sum(len(r.prompt_ids) for r in group) + len(req.prompt_ids)
+            if (len(group) + 1) * longest * 2 <= real * 3:
+                group.append(req)
+                continue
+        groups.append([req])
+    return groups
+
+
+def _decode_step(model: Transformer) -> Callable[..., Tensor]:
+    """The forward used for one-token decode steps: compiled with CUDA graphs on a GPU, plain on CPU.
+
+    On CPU the step is bound by reading the weights (and by Python for tiny models); compilation
+    adds seconds of start-up for little gain, so it is only used where kernel launches dominate.
+    """
+    if model.tok_emb.weight.device.type == "cuda":
+        return torch.compile(model, mode="reduce-overhead", dynamic=True)
+    return model
+
+
+def load(model_dir: str | Path, *, int8: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:
+    """Model and tokenizer of a Hugging Face-layout directory, ready for generation (`int8`: quantize for CPU)."""
+    from yunque.quantize import quantize_int8
+    from yunque.tokenizer import Tokenizer
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json, model.safetensors and tokenizer.json.")
+    model = Transformer.from_pretrained(path, dtype=dtype, device=device).eval()
+    if int8:
+        quantize_int8(model)
+    return model, Tokenizer.from_pretrained(path)
+
+
+# ---------------------------------------------------------------------- request preparation
+
+
+def _context(model: Transformer, max_len: int | None) -> int:
+    return max_len or model.config.max_seq_len
+
+
+def prepare_prompt(ids: Sequence[int], params: SamplingParams, context: int, vocab_size: int) -> tuple[list[int], bool]:
+    """Check a prompt's ids against the vocabulary and the context; truncate (keep the end) only on request."""
+    ids = [int(t) for t in ids]
+    if not ids:
+        raise YunqueError("The prompt is empty; give at least one token.")
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise YunqueError(f"Token id {bad[0]} is outside the model's vocabulary of {vocab_size}; check that the tokenizer matches the model.")
+    if len(ids) <= context:
+        return ids, False
+    if not params.truncate:
+        raise YunqueError(f"The prompt has {len(ids)} tokens but the context holds {context}; shorten it or pass truncate=True to keep its end.")
+    # Keep the end, leaving room for the answer (but never less than half the context of prompt).
+    keep = max(context - params.max_new_tokens, context // 2)
+    return ids[-keep:], True
+
+
+def _stop_ids(params: SamplingParams, tokenizer: Any, model: Transformer) -> frozenset[int]:
+    if params.stop_token_ids is not None:
+        return frozenset(params.stop_token_ids)
+    eos = getattr(tokenizer, "eot_id", None) if tokenizer is not None else None
+    if eos is None:
+        eos = model.config.eos_token_id
+    return frozenset() if eos is None else frozenset([eos])
+
+
+def _encode(tokenizer: Any, prompt: str | Sequence[int]) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise YunqueError("A text prompt needs a tokenizer; pass one, or pass token ids.")
+        return tokenizer.encode(prompt)
+    return list(prompt)
+
+
+def make_request(model: Transformer, tokenizer: Any, prompt: str | Sequence[int], params: SamplingParams, context: int,
+                 on_chunk: Callable[[Chunk], None], on_done: Callable[[GenerationResult], None]) -> Request:
+    """Validate and tokenize in the caller's thread, so mistakes surface as YunqueErrors where they were made."""
+    if params.stop and tokenizer is None:
+        raise YunqueError("Stop strings need a tokenizer to decode text; pass one, or use stop_token_ids.")
+    ids, truncated = prepare_prompt(_encode(tokenizer, prompt), params, context, model.config.vocab_size)
+    text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
+    return Request(ids, params, _stop_ids(params, tokenizer, model), text, truncated, on_chunk, on_done)
+
+
+# ---------------------------------------------------------------------- one sequence, in the caller's thread
+
+
+class Stream:
+    """An iterator over one generation's ids or text pieces; `.result` is set once it is exhausted.
+
+    Breaking out of the loop early and calling `close()` records the generation as cancelled.
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Any, prompt: str | Sequence[int], params: SamplingParams,
+                 want_text: bool, max_len: int | None = None) -> None:
+        self._chunks: collections.deque[Chunk] = collections.deque()
+        self.result: GenerationResult | None = None
+        context = _context(model, max_len)
+        self._req = make_request(model, tokenizer, prompt, params, context, self._chunks.append, self._set_result)
+        self._want_text = want_text
+        self._batch = Batch(model, 1, min(context, len(self._req.prompt_ids) + params.max_new_tokens))
+        self._started = False
+
+    def _set_result(self, result: GenerationResult) -> None:
+        self.result = result
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                if self._want_text:
+                    if chunk.text:
+                        return chunk.text
+                    continue
+                if chunk.token_ids:
+                    return chunk.token_ids[0]
+                continue
+            if self.result is not None:
+                raise StopIteration
+            if not self._started:
+                self._started = True
+                self._batch.add(self._req)
+            else:
+                self._batch.step()
+
+    def close(self) -> None:
+        """Stop early: the result reports `cancelled`."""
+        if self.result is None:
+            self._req.cancelled = True
+            if self._req in self._batch.active:
+                self._batch.remove(self._req, "cancelled")
+            else:
+                self._req.finish("cancelled")
+
+
+def generate_ids(model: Transformer, input_ids: Sequence[int] | Tensor, params: SamplingParams | None = None,
+                 tokenizer: Any = None, max_len: int | None = None, **sampling: Any) -> Stream:
+    """Stream the ids of a continuation of `input_ids` (greedy when temperature == 0).
+
+    `sampling` holds `SamplingParams` fields (temperature, top_k, top_p, min_p, penalties, seed,
+    max_new_tokens, stop_token_ids, truncate). A stop token ends generation and is not yielded.
+    """
+    params = SamplingParams.from_kwargs(params, **sampling)
+    if isinstance(input_ids, Tensor):
+        if input_ids.dim() == 2 and input_ids.shape[0] != 1:
+            raise YunqueError(f"generate_ids takes one sequence, got a batch of {input_ids.shape[0]}; use generate_batch.")
+        input_ids = input_ids.flatten().tolist()
+    return Stream(model, tokenizer, input_ids, params, want_text=False, max_len=max_len)
+
+
+def generate(model: Transformer, tokenizer: Any, prompt: str, params: SamplingParams | None = None,
+             max_len: int | None = None, **sampling: Any) -> Stream:
+    """Stream text pieces of a continuation of `prompt`, each made of complete UTF-8 characters.
+
+    Stop strings end generation and are not emitted; text that could still be the start of one
+    is held back until it is ruled out. `stream.result` has the finish reason, counts and timings.
+    """
+    params = SamplingParams.from_kwargs(params, **sampling)
+    return Stream(model, tokenizer, prompt, params, want_text=True, max_len=max_len)
+
+
+def generate_batch(model: Transformer, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                   tokenizer: Any = None, max_len: int | None = None, **sampling: Any) -> list[GenerationResult]:
+    """Generate for several prompts (of any lengths) decoded together; results in prompt order."""
+    if params is None or isinstance(params, SamplingParams):
+        params = [SamplingParams.from_kwargs(params, **sampling)] * len(prompts)
+    elif sampling:
+        raise YunqueError("Pass either a list of SamplingParams or sampling keywords, not both.")
+    if len(params) != len(prompts):
+        raise YunqueError(f"Got {len(params)} sampling settings for {len(prompts)} prompts; give one per prompt or one for all.")
+    results: list[GenerationResult | None] = [None] * len(prompts)
+    context = _context(model, max_len)
+    reqs = [
+        make_request(model, tokenizer, prompt, p, context, lambda chunk: None, lambda r, i=i: results.__setitem__(i, r))
+        for i, (prompt, p) in enumerate(zip(prompts, params))
+    ]
+    batch = Batch(model, len(reqs), context)
+    batch.add(*reqs)
+    while batch.active:
+        batch.step()
+    return results  # type: ignore[return-value]

@@ -1,0 +1,155 @@
+"""Sampling settings and the batched next-token sampler.
+
+`SamplingParams` is what a caller asks for (validated, one sentence per mistake).
+`SamplingBatch` turns the settings of the rows decoded together into tensors once, when
+the batch changes, so each decode step is a handful of vectorised ops whatever mix of
+settings the rows carry. Order of operations follows HF/vLLM: penalties, then greedy
+argmax or temperature, top-k, top-p, min-p and a draw.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from yunque.errors import YunqueError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token and when to stop.
+
+    `temperature == 0` (or `greedy=True`) means greedy decoding. `top_k == 0`, `top_p == 1`
+    and `min_p == 0` switch those filters off. `repetition_penalty` (HF/CTRL style) applies
+    to every token already in the prompt or the output; `frequency_penalty` and
+    `presence_penalty` (OpenAI style) to tokens of the output. `stop_token_ids=None` means
+    the model's end-of-text token; `stop` strings end generation and are not emitted.
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] | None = None
+    greedy: bool = False
+    truncate: bool = False  # keep the end of a prompt that does not fit the context, instead of an error
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        self.validate()
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0
+
+    @property
+    def has_penalties(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise YunqueError(f"Invalid sampling setting: {msg}.")
+
+        need(self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 means off), got {self.top_k}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(0 <= self.min_p < 1, f"min_p must be in [0, 1), got {self.min_p}")
+        need(self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 means off), got {self.repetition_penalty}")
+        need(-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
+        need(-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
+        need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
+        need(self.seed is None or isinstance(self.seed, int), f"seed must be an integer or None, got {self.seed!r}")
+        need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
+        need(self.stop_token_ids is None or all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative token ids")
+
+    @classmethod
+    def from_kwargs(cls, params: "SamplingParams | None" = None, **kwargs: Any) -> "SamplingParams":
+        """`params` with `kwargs` replacing its fields; an unknown keyword is a YunqueError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise YunqueError(f"Unknown sampling option(s) {', '.join(unknown)}; known options are {', '.join(sorted(names))}.")
+        if params is None:
+            return cls(**kwargs)
+        return dataclasses.replace(params, **kwargs) if kwargs else params
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A private random stream per request, so a seeded request samples the same tokens whatever else runs beside it."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+class SamplingBatch:
+    """The sampling settings of the rows decoded together, as tensors on the logits' device."""
+
+    def __init__(self, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None], device: torch.device) -> None:
+        self.params, self.generators = list(params), list(generators)
+        self.all_greedy = all(p.is_greedy for p in params)
+        self.penalized = any(p.has_penalties for p in params)
+
+        def col(values: Iterable[float]) -> Tensor:
+            return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
+
+        self.greedy_mask = torch.tensor([p.is_greedy for p in params], device=device)
+        # Greedy rows get temperature 1 so the division is harmless; their draw is replaced by the argmax.
+        self.temperature = col(1.0 if p.is_greedy else p.temperature for p in params)
+        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)[:, None]
+        self.top_p = col(p.top_p for p in params)
+        self.min_p = col(p.min_p for p in params)
+        self.needs_sort = any(p.top_k > 0 or p.top_p < 1 for p in params if not p.is_greedy)
+        self.needs_min_p = any(p.min_p > 0 for p in params if not p.is_greedy)
+        self.repetition = col(p.repetition_penalty for p in params)
+        self.frequency = col(p.frequency_penalty for p in params)
+        self.presence = col(p.presence_penalty for p in params)
+
+
+def apply_penalties(logits: Tensor, seen: Tensor, counts: Tensor, batch: SamplingBatch) -> Tensor:
+    """Repetition penalty on tokens in `seen` (B, V) bool; frequency/presence on output `counts` (B, V)."""
+    penalized = torch.where(logits > 0, logits / batch.repetition, logits * batch.repetition)
+    logits = torch.where(seen, penalized, logits)
+    return logits - batch.frequency * counts - batch.presence * (counts > 0).to(logits.dtype)
+
+
+def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, counts: Tensor | None = None) -> Tensor:
+    """Next token ids (B,) from last-position logits (B, V) under each row's settings."""
+    logits = logits.float()
+    if batch.penalized:
+        logits = apply_penalties(logits, seen, counts, batch)
+    if batch.all_greedy:
+        return logits.argmax(dim=-1)
+    probs = (logits / batch.temperature).softmax(dim=-1)
+    if batch.needs_sort:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
+        # top-k keeps ranks below k (k == 0: all); top-p keeps a token while the mass before it is below p,
+        # so the most likely token always survives.
+        drop = (batch.top_k > 0) & (rank >= batch.top_k)
+        drop |= (sorted_probs.cumsum(dim=-1) - sorted_probs) >= batch.top_p
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0.0))
+    if batch.needs_min_p:
+        probs = probs.masked_fill(probs < batch.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    # Exponential-race draw: argmax(p / E) with E ~ Exp(1) picks token i with probability p_i / sum(p),
+    # so filtered distributions need no renormalising, and each row can use its own generator.
+    noise = torch.empty_like(probs)
+    for i, gen in enumerate(batch.generators):
+        noise[i].exponential_(generator=gen)
+    # An exponential draw can be exactly 0; 0/0 would be NaN, which argmax picks, so keep it positive.
+    drawn = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+    return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn)

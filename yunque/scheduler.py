@@ -1,0 +1,213 @@
+"""Continuous batching: one background thread owns the model and decodes every active request together.
+
+Between two decode steps the thread admits waiting requests into free cache slots (one
+prefill pass each), drops cancelled ones and lets finished ones leave, so requests join and
+leave mid-decode, each with its own sampling settings. Callers get a `RequestHandle`, which
+is both a blocking iterator (threads, the CLI) and an async iterator (an asyncio server:
+waiting never blocks the event loop). The waiting queue is bounded: when it is full,
+`submit` raises `QueueFullError` at once, which a server maps to 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from yunque.engine import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
+from yunque.errors import YunqueError
+from yunque.model import Transformer
+from yunque.sampling import SamplingParams
+
+
+class RequestHandle:
+    """The caller's side of one request: iterate it (sync or async) for `Chunk`s, then read `.result`.
+
+    Chunks arrive once per decode step (`chunk.text` may be empty while text is held back).
+    If the engine fails, iteration raises the engine's exception.
+    """
+
+    def __init__(self, engine: "Engine") -> None:
+        self._engine = engine
+        self._cond = threading.Condition()
+        self._chunks: collections.deque[Chunk] = collections.deque()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.result: GenerationResult | None = None
+        self.error: BaseException | None = None
+        self.request: Request | None = None
+
+    # -- called from the engine thread
+    def _push(self, chunk: Chunk) -> None:
+        with self._cond:
+            self._chunks.append(chunk)
+            self._wake()
+
+    def _done(self, result: GenerationResult) -> None:
+        with self._cond:
+            self.result = result
+            self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._cond:
+            self.error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        self._cond.notify_all()
+        for loop, event in self._waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def _take(self) -> Chunk | None:
+        """Next chunk, or None when there is none now; raises StopIteration/the engine's error at the end."""
+        if self._chunks:
+            return self._chunks.popleft()
+        if self.error is not None:
+            raise self.error
+        if self.result is not None:
+            raise StopIteration
+        return None
+
+    # -- caller side
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            with self._cond:
+                try:
+                    chunk = self._take()
+                except StopIteration:
+                    return
+                if chunk is None:
+                    self._cond.wait()
+                    continue
+            yield chunk
+
+    async def _aiter(self) -> AsyncIterator[Chunk]:
+        loop, event = asyncio.get_running_loop(), asyncio.Event()
+        with self._cond:
+            self._waiters.append((loop, event))
+        try:
+            while True:
+                with self._cond:
+                    event.clear()  # cleared under the lock, so a wake-up after this check is never lost
+                    try:
+                        chunk = self._take()
+                    except StopIteration:
+                        return
+                if chunk is None:
+                    await event.wait()
+                else:
+                    yield chunk
+        finally:
+            with self._cond:
+                self._waiters.remove((loop, event))
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._aiter()
+
+    def text(self) -> str:
+        """Block until done; the whole generated text."""
+        return "".join(chunk.text for chunk in self)
+
+    def cancel(self) -> None:
+        """Stop this request: a waiting one leaves the queue now, a running one frees its slot before the next step."""
+        self._engine._cancel(self)
+
+
+class Engine:
+    """A background decoding thread with `max_batch` cache slots and a queue of at most `max_queue` waiting requests.
+
+    A request waits in the queue until the thread gives it a free slot (between two decode steps).
+    """
+
+    def __init__(self, model: Transformer, tokenizer: Any = None, *, max_batch: int = 8, max_queue: int = 64,
+                 max_len: int | None = None) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise YunqueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}.")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_queue = max_queue
+        self.context = max_len or model.config.max_seq_len
+        self._batch = Batch(model, max_batch, self.context)
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._cancel_all = False
+        self._thread = threading.Thread(target=self._run, name="yunque-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ caller side
+    def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **sampling: Any) -> RequestHandle:
+        """Queue a text prompt (needs the tokenizer) or a list of token ids; returns at once."""
+        params = SamplingParams.from_kwargs(params, **sampling)
+        handle = RequestHandle(self)
+        handle.request = make_request(self.model, self.tokenizer, prompt, params, self.context, handle._push, handle._done)
+        handle.request.on_error = handle._fail
+        with self._cond:
+            if self._closed:
+                raise YunqueError("The engine has been shut down; create a new one.")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"The engine is busy ({self.max_queue} requests already waiting); try again shortly.")
+            self._waiting.append(handle)
+            self._cond.notify_all()
+        return handle
+
+    def _cancel(self, handle: RequestHandle) -> None:
+        with self._cond:
+            if handle in self._waiting:
+                self._waiting.remove(handle)
+                handle.request.finish("cancelled")
+            else:
+                handle.request.cancelled = True
+                self._cond.notify_all()
+
+    @property
+    def active(self) -> int:
+        """Requests decoding now."""
+        return len(self._batch.active)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a free slot."""
+        return len(self._waiting)
+
+    def shutdown(self, cancel: bool = True) -> None:
+        """Stop the thread: with `cancel`, running and waiting requests end as `cancelled`; else they finish first."""
+        with self._cond:
+            self._closed = True
+            if cancel:
+                self._cancel_all = True  # the engine thread flags what it is running
+                for handle in self._waiting:
+                    handle.request.finish("cancelled")
+                self._waiting.clear()
+            self._cond.notify_all()
+        self._thread.join()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        batch = self._batch
+        while True:
+            with self._cond:
+                while not self._waiting and not batch.active and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._waiting and not batch.active:
+                    return
+                admit = [self._waiting.popleft() for _ in range(min(batch.free_slots, len(self._waiting)))]
+                if self._cancel_all:
+                    for req in batch.active:
+                        req.cancelled = True
+            try:
+                batch.cancel_flagged()
+                batch.add(*[handle.request for handle in admit])
+                batch.step()
+            except Exception as e:  # a bug, not a user mistake: fail the requests it touched, keep serving
+                for req in {id(r): r for r in [h.request for h in admit] + batch.reset()}.values():
+                    req.fail(e)

@@ -1,0 +1,314 @@
+"""What both APIs share between parsing a request and writing its answer.
+
+A route turns its request into prompt token ids and `SamplingParams` here (Ollama's option
+names and defaults, the model's Modelfile parameters under them, the context budget), submits
+them to the loaded model's continuous-batching scheduler, and reads back text deltas and one
+final `Outcome` with the counts and durations both APIs report.
+
+`format: "json"` (Ollama) and `response_format: {"type": "json_object"}` (OpenAI) are served
+by validate-and-retry: the model's answer is generated in full, parsed with `json.loads`, and
+generated again with another seed (up to `JSON_ATTEMPTS` times) until it parses; a model that
+never produces JSON gets a 422 that says so. Output is never altered to look like JSON, and
+a streaming client receives the validated document as one delta.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator
+
+from fastapi import Request
+
+from yunque.chat import ChatSettings, chat_settings
+from yunque.engine import GenerationResult, QueueFullError, SamplingParams
+from yunque.errors import YunqueError
+from yunque.gotemplate import looks_like_go
+from yunque.modelfile import PARAMETERS, check_parameter
+from yunque.server.errors import APIError, ServerBusy
+from yunque.server.runner import Runner
+
+# Ollama's defaults for options neither the request nor the Modelfile sets.
+OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
+# More tokens than any context yunque can hold: a larger request is a mistake, not a wish.
+MAX_PREDICT = 1 << 20
+JSON_ATTEMPTS = 3
+# Ollama option names -> SamplingParams fields.
+_SAMPLING_NAMES = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "seed": "seed",
+    "repeat_penalty": "repetition_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+}
+
+
+@dataclass
+class Prepared:
+    """A request ready for the scheduler."""
+
+    ids: list[int]
+    params: SamplingParams
+    json_format: bool = False
+
+
+@dataclass
+class Outcome:
+    """The end of one generation, in the units both APIs report."""
+
+    text: str
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    ids: list[int]
+
+
+def check_options(options: Any) -> dict[str, Any]:
+    """Ollama `options`, type- and range-checked; options yunque does not use (num_thread, mirostat, ...) are ignored."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise APIError(400, "options must be a JSON object", param="options")
+    out = {}
+    for name, value in options.items():
+        if name in PARAMETERS and value is not None:
+            try:
+                out[name] = check_parameter(name, value)
+            except ValueError as e:
+                raise APIError(400, str(e), param=f"options.{name}") from None
+    return out
+
+
+def settings_for(entry: Any, system: str | None = None, template: str | None = None) -> ChatSettings:
+    """A store entry's chat settings with a request's `system` / `template` overrides applied."""
+    settings = chat_settings(entry)
+    if system is not None:
+        settings.system = system
+    if template:
+        settings.template, settings.kind = template, "go" if looks_like_go(template) else "jinja"
+    return settings
+
+
+def encode(runner: Runner, text: str) -> list[int]:
+    # Templates write their turn markers as text; they must become the special tokens.
+    return runner.tokenizer.encode(text, allowed_special="all")
+
+
+def context_size(runner: Runner, num_ctx: int | None) -> int:
+    """The context a request may fill: its `num_ctx`, at most the model's own."""
+    return min(num_ctx, runner.context_length) if num_ctx else runner.context_length
+
+
+def check_prompt(n_prompt: int, ctx: int) -> int:
+    """Tokens left for the answer; a prompt that leaves none is the caller's mistake."""
+    if n_prompt == 0:
+        raise APIError(400, "the prompt is empty after templating; send some text")
+    if n_prompt >= ctx:
+        raise APIError(400, f"the prompt is {n_prompt} tokens but the context holds {ctx}; shorten the prompt or raise num_ctx (up to the model's context)")
+    return ctx - n_prompt
+
+
+def stop_token_ids(tokenizer: Any, stops: list[str]) -> tuple[int, ...]:
+    """End of text, plus each stop string that is one special token (so `<|end|>` ends a turn even when sampled as a token)."""
+    tok = tokenizer
+    ids = {tok.eot_id} if tok.eot_id is not None else set()
+    ids |= {tok.special_tokens[s] for s in stops if s in tok.special_tokens}
+    return tuple(sorted(ids))
+
+
+def _stops(settings: ChatSettings, asked: list[str] | None) -> list[str]:
+    """The model's stop strings (its end-of-turn marker among them) plus the request's.
+
+    Ollama lets request stops replace the Modelfile's; yunque adds them, so a request that
+    asks for one more stop string does not also lose the end of the model's turn.
+    """
+    return list(dict.fromkeys([*settings.stop, *(asked or [])]))
+
+
+def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any], n_prompt: int) -> SamplingParams:
+    """SamplingParams from Ollama options over the Modelfile's parameters over Ollama's defaults."""
+    merged = {**OLLAMA_DEFAULTS, **settings.parameters, **options}
+    stops = _stops(settings, merged.get("stop"))
+    room = check_prompt(n_prompt, context_size(runner, merged.get("num_ctx")))
+    num_predict = merged["num_predict"]
+    if num_predict == 0 or num_predict > MAX_PREDICT:
+        raise APIError(400, f"num_predict {num_predict} is out of range; use -1 (until a stop or the context is full) or 1 to {MAX_PREDICT}", param="options.num_predict")
+    kwargs = {field: merged[name] for name, field in _SAMPLING_NAMES.items() if name in merged}
+    return _params(
+        max_new_tokens=room if num_predict < 0 else min(num_predict, room),
+        stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
+        stop_token_ids=stop_token_ids(runner.tokenizer, stops),
+        **kwargs,
+    )
+
+
+def _params(**kwargs: Any) -> SamplingParams:
+    try:
+        return SamplingParams(**kwargs)
+    except YunqueError as e:
+        raise APIError(400, str(e)) from None
+
+
+def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: int) -> SamplingParams:
+    """SamplingParams for an OpenAI request: OpenAI's defaults (temperature 1, no top-k) and its max_tokens rule."""
+    room = check_prompt(n_prompt, runner.context_length)
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {runner.context_length} tokens; you requested {n_prompt + max_tokens} "
+            f"({n_prompt} in the prompt, {max_tokens} for the completion); reduce the prompt or max_tokens",
+            param="max_tokens",
+        )
+    asked = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(asked) > 4:
+        raise APIError(400, "stop takes at most 4 sequences", param="stop")
+    stops = _stops(settings, asked)
+    return _params(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        max_new_tokens=max_tokens or room,
+        stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
+        stop_token_ids=stop_token_ids(runner.tokenizer, stops),
+    )
+
+
+def _submit(runner: Runner, prepared: Prepared) -> Any:
+    try:
+        return runner.scheduler.submit(prepared.ids, prepared.params)
+    except QueueFullError:
+        raise ServerBusy() from None
+
+
+def _outcome(result: GenerationResult) -> Outcome:
+    return Outcome(
+        text=result.text,
+        finish_reason="length" if result.finish_reason == "length" else "stop",
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.generated_tokens,
+        prompt_seconds=result.prompt_seconds,
+        generation_seconds=result.generation_seconds,
+        ids=list(result.token_ids),
+    )
+
+
+async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
+    """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
+
+    A task reads the engine's chunks as they come; text that arrives while the reader is still
+    sending the previous delta is merged into the next one. Unloaded, every token is its own
+    delta; under load, the per-delta costs (JSON, HTTP write, the client's parse) are paid
+    once per batch of tokens instead of once per token.
+    """
+    handle = _submit(runner, prepared)
+    pending: list[str] = []
+    ready = asyncio.Event()
+    failure: list[BaseException] = []
+
+    async def pump() -> None:
+        try:
+            async for chunk in handle:
+                if chunk.text:
+                    pending.append(chunk.text)
+                    ready.set()
+        except Exception as e:  # the engine failed this request: re-raised in the reader
+            failure.append(e)
+        finally:
+            ready.set()
+
+    reader = asyncio.create_task(pump())
+    try:
+        while pending or not reader.done():
+            if not pending:
+                await ready.wait()
+                ready.clear()
+            if pending:
+                text = "".join(pending)
+                pending.clear()
+                yield text
+        if failure:
+            raise failure[0]
+        yield _outcome(handle.result)
+    finally:
+        reader.cancel()
+        handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
+
+
+def stream_sync(runner: Runner, prepared: Prepared) -> Iterator[str]:
+    """`generate` for a caller without an event loop (`yunque run` in-process): text deltas only."""
+    handle = _submit(runner, prepared)
+    try:
+        for chunk in handle:
+            if chunk.text:
+                yield chunk.text
+    finally:
+        handle.cancel()
+
+
+async def complete(runner: Runner, prepared: Prepared) -> Outcome:
+    """The whole answer; with `json_format`, retried with fresh seeds until it parses as JSON."""
+    attempts = JSON_ATTEMPTS if prepared.json_format else 1
+    for attempt in range(attempts):
+        outcome = None
+        async for item in generate(runner, prepared):
+            if isinstance(item, Outcome):
+                outcome = item
+        assert outcome is not None, "the scheduler ended a generation without its final event"
+        if not prepared.json_format or _is_json(outcome.text):
+            return outcome
+        prepared = Prepared(prepared.ids, _reseeded(prepared.params, attempt), True)
+    raise APIError(422, f"the model did not produce valid JSON in {attempts} attempts; ask for JSON in the prompt, or use a model trained to answer in JSON")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _reseeded(params: SamplingParams, attempt: int) -> SamplingParams:
+    seed = random.randrange(1 << 31) if params.seed is None else params.seed + attempt + 1
+    # A greedy answer would repeat itself: retries sample, at a mild temperature.
+    return SamplingParams.from_kwargs(params, seed=seed, temperature=params.temperature or 0.7, greedy=False)
+
+
+async def until_disconnect(request: Request, work: Any) -> Any:
+    """Await `work` (a coroutine), cancelling it if the client disconnects first (non-streaming answers)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.1)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "client closed the request")
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def is_json_format(value: Any) -> bool:
+    """Ollama `format`: "json" or a JSON schema object (validated only as JSON, not against the schema)."""
+    if value in (None, ""):
+        return False
+    if value == "json" or isinstance(value, dict):
+        return True
+    raise APIError(400, f"format must be \"json\" or a JSON schema object, got {value!r}", param="format")

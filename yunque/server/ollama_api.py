@@ -1,0 +1,456 @@
+"""Ollama's HTTP API (https://github.com/ollama/ollama/blob/main/docs/api.md), over the store and engine.
+
+Streaming answers are NDJSON, one JSON object per line, on by default; `"stream": false`
+gives one object. Durations are nanoseconds, as Ollama reports them. Errors are
+`{"error": "..."}` (see `yunque.server.errors`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+import yunque
+from yunque import store
+from yunque.chat import chat_settings
+from yunque.modelfile import Modelfile, render_modelfile
+from yunque.server import generation as gen
+from yunque.server.errors import APIError, in_stream_error
+from yunque.server.manager import LoadedModel, ModelManager, lookup
+from yunque.server.settings import parse_keep_alive
+
+router = APIRouter()
+NS = 1_000_000_000
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class Message(_Body):
+    role: StrictStr
+    content: StrictStr = ""
+    images: list[Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChatRequest(_Body):
+    model: StrictStr
+    messages: list[Message] = []
+    stream: StrictBool = True
+    format: Any = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | StrictStr | None = None
+    template: StrictStr | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class GenerateRequest(_Body):
+    model: StrictStr
+    prompt: StrictStr = ""
+    suffix: StrictStr | None = None
+    system: StrictStr | None = None
+    template: StrictStr | None = None
+    context: list[StrictInt] | None = None
+    raw: StrictBool = False
+    stream: StrictBool = True
+    format: Any = None
+    options: dict[str, Any] | None = None
+    keep_alive: float | StrictStr | None = None
+
+
+class EmbedRequest(_Body):
+    model: StrictStr
+    input: StrictStr | list[StrictStr] = ""
+    truncate: StrictBool = True
+    options: dict[str, Any] | None = None
+    keep_alive: float | StrictStr | None = None
+
+
+class EmbeddingsRequest(_Body):
+    model: StrictStr
+    prompt: StrictStr = ""
+    options: dict[str, Any] | None = None
+    keep_alive: float | StrictStr | None = None
+
+
+class ModelRequest(_Body):
+    model: StrictStr | None = None
+    name: StrictStr | None = None  # older clients send `name`
+
+    @property
+    def target(self) -> str:
+        if not (self.model or self.name):
+            raise APIError(400, "field 'model' is required", param="model")
+        return self.model or self.name or ""
+
+
+class CreateRequest(ModelRequest):
+    modelfile: StrictStr | None = None
+    from_: StrictStr | None = Field(None, alias="from")
+    system: StrictStr | None = None
+    template: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    license: StrictStr | list[StrictStr] | None = None
+    stream: StrictBool = True
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=(), populate_by_name=True)
+
+    def modelfile_text(self) -> str:
+        """The Modelfile this request describes: the text as given, or one built from the JSON fields."""
+        if self.modelfile:
+            return self.modelfile
+        if not self.from_:
+            raise APIError(400, "give either 'modelfile' (Modelfile text) or 'from' (a base model name)", param="from")
+        licenses = [self.license] if isinstance(self.license, str) else list(self.license or [])
+        mf = Modelfile(
+            from_=self.from_,
+            parameters=dict(self.parameters or {}),
+            system=self.system,
+            template=self.template,
+            messages=[{"role": m.role, "content": m.content} for m in self.messages or []],
+            license=licenses,
+        )
+        return render_modelfile(mf)
+
+
+class CopyRequest(_Body):
+    source: StrictStr
+    destination: StrictStr
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * NS)
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _keep_alive(value: Any) -> float | None:
+    return None if value is None else parse_keep_alive(value)
+
+
+def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in items:
+            yield json.dumps(item).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _final_stats(outcome: gen.Outcome, load_seconds: float, started: float) -> dict[str, Any]:
+    return {
+        "done": True,
+        "done_reason": outcome.finish_reason,
+        "total_duration": _ns(time.perf_counter() - started),
+        "load_duration": _ns(load_seconds),
+        "prompt_eval_count": outcome.prompt_tokens,
+        "prompt_eval_duration": _ns(outcome.prompt_seconds),
+        "eval_count": outcome.completion_tokens,
+        "eval_duration": _ns(outcome.generation_seconds),
+    }
+
+
+async def _answer(
+    request: Request,
+    lm: LoadedModel,
+    prepared: gen.Prepared,
+    stream: bool,
+    shape: Callable[[str], dict[str, Any]],
+    extra_final: Callable[[gen.Outcome], dict[str, Any]],
+    load_seconds: float,
+    started: float,
+) -> Response:
+    """Run one generation and answer as Ollama does; `shape(text)` builds the per-chunk fields.
+
+    Owns the model reference from `acquire`: released when the answer is finished or abandoned.
+    """
+    manager = _manager(request)
+    model = lm.name
+    if not stream or prepared.json_format:
+        try:
+            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
+        finally:
+            manager.release(lm)
+        body = {"model": model, "created_at": _now(), **shape(outcome.text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)}
+        if not stream:
+            return JSONResponse(body)
+
+        async def once() -> AsyncIterator[dict[str, Any]]:
+            yield {"model": model, "created_at": _now(), **shape(outcome.text), "done": False}
+            yield {**body, **shape("")}
+
+        return _ndjson(once())
+
+    stream_it = gen.generate(lm.runner, prepared)
+    try:
+        first = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
+    except BaseException:
+        manager.release(lm)
+        raise
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        try:
+            item = first
+            while True:
+                if isinstance(item, gen.Outcome):
+                    yield {"model": model, "created_at": _now(), **shape(""), **_final_stats(item, load_seconds, started), **extra_final(item)}
+                    return
+                yield {"model": model, "created_at": _now(), **shape(item), "done": False}
+                item = await anext(stream_it)
+        except Exception as e:  # the status line is sent: report as Ollama does, in the stream
+            yield {"error": in_stream_error(e).message}
+        finally:
+            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
+            await stream_it.aclose()
+
+    return _ndjson(chunks())
+
+
+def _load_answer(model: str, unloaded: bool, shape: dict[str, Any], load_seconds: float) -> JSONResponse:
+    """Ollama's answer to a request without a prompt: the model was loaded (or unloaded)."""
+    reason = "unload" if unloaded else "load"
+    return JSONResponse({"model": model, "created_at": _now(), **shape, "done": True, "done_reason": reason, "load_duration": _ns(load_seconds)})
+
+
+async def _load_or_unload(request: Request, model: str, keep_alive: float | None, shape: dict[str, Any]) -> JSONResponse:
+    manager = _manager(request)
+    if keep_alive == 0:
+        lookup(model)
+        await manager.unload(model)
+        return _load_answer(model, True, shape, 0.0)
+    lm, load_seconds = await manager.acquire(model, keep_alive)
+    manager.release(lm)
+    return _load_answer(model, False, shape, load_seconds)
+
+
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    return "Ollama is running (yunque)"
+
+
+@router.get("/api/version")
+async def version() -> dict[str, str]:
+    return {"version": yunque.__version__}
+
+
+@router.post("/api/chat")
+async def chat(body: ChatRequest, request: Request) -> Response:
+    started = time.perf_counter()
+    keep_alive = _keep_alive(body.keep_alive)
+    if not body.messages:
+        return await _load_or_unload(request, body.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
+    options = gen.check_options(body.options)
+    json_format = gen.is_json_format(body.format)
+    manager = _manager(request)
+    lm, load_seconds = await manager.acquire(body.model, keep_alive)
+    try:
+        settings = gen.settings_for(lm.entry, template=body.template)
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        ids = gen.encode(lm.runner, settings.render(messages, tools=body.tools))
+        params = gen.ollama_params(lm.runner, settings, options, len(ids))
+    except BaseException:
+        manager.release(lm)
+        raise
+    return await _answer(
+        request,
+        lm,
+        gen.Prepared(ids, params, json_format),
+        body.stream,
+        lambda text: {"message": {"role": "assistant", "content": text}},
+        lambda outcome: {},
+        load_seconds,
+        started,
+    )
+
+
+@router.post("/api/generate")
+async def generate(body: GenerateRequest, request: Request) -> Response:
+    started = time.perf_counter()
+    keep_alive = _keep_alive(body.keep_alive)
+    if not body.prompt and not body.context:
+        return await _load_or_unload(request, body.model, keep_alive, {"response": ""})
+    options = gen.check_options(body.options)
+    json_format = gen.is_json_format(body.format)
+    manager = _manager(request)
+    lm, load_seconds = await manager.acquire(body.model, keep_alive)
+    try:
+        settings = gen.settings_for(lm.entry, system=body.system, template=body.template)
+        text = body.prompt if body.raw else settings.render([{"role": "user", "content": body.prompt}])
+        ids = list(body.context or []) + gen.encode(lm.runner, text)
+        params = gen.ollama_params(lm.runner, settings, options, len(ids))
+    except BaseException:
+        manager.release(lm)
+        raise
+    return await _answer(
+        request,
+        lm,
+        gen.Prepared(ids, params, json_format),
+        body.stream,
+        lambda text: {"response": text},
+        lambda outcome: {"context": ids + outcome.ids},
+        load_seconds,
+        started,
+    )
+
+
+async def _embed(request: Request, model: str, texts: list[str], keep_alive: Any, truncate: bool) -> tuple[list[list[float]], int, float]:
+    manager = _manager(request)
+    lm, load_seconds = await manager.acquire(model, _keep_alive(keep_alive))
+    try:
+        vectors, n_tokens = await lm.runner.embed(texts, truncate)
+    finally:
+        manager.release(lm)
+    return vectors, n_tokens, load_seconds
+
+
+@router.post("/api/embed")
+async def embed(body: EmbedRequest, request: Request) -> dict[str, Any]:
+    started = time.perf_counter()
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    vectors, n_tokens, load_seconds = await _embed(request, body.model, texts, body.keep_alive, body.truncate)
+    return {
+        "model": body.model,
+        "embeddings": vectors,
+        "total_duration": _ns(time.perf_counter() - started),
+        "load_duration": _ns(load_seconds),
+        "prompt_eval_count": n_tokens,
+    }
+
+
+@router.post("/api/embeddings")
+async def embeddings(body: EmbeddingsRequest, request: Request) -> dict[str, Any]:
+    vectors, _, _ = await _embed(request, body.model, [body.prompt], body.keep_alive, True)
+    return {"embedding": vectors[0]}
+
+
+def _details(entry: store.ModelEntry) -> dict[str, Any]:
+    d = entry.details
+    return {
+        "parent_model": d.get("parent_model", ""),
+        "format": d.get("format", "safetensors"),
+        "family": d.get("family", ""),
+        "families": [d["family"]] if d.get("family") else None,
+        "parameter_size": d.get("parameter_size", ""),
+        "quantization_level": d.get("quantization_level", ""),
+    }
+
+
+def _describe(entry: store.ModelEntry) -> dict[str, Any]:
+    return {
+        "name": str(entry.name),
+        "model": str(entry.name),
+        "modified_at": entry.modified,
+        "size": entry.size,
+        "digest": entry.digest.removeprefix("sha256:"),
+        "details": _details(entry),
+    }
+
+
+@router.get("/api/tags")
+async def tags() -> dict[str, Any]:
+    return {"models": [_describe(e) for e in store.list_models()]}
+
+
+def _parameters_text(parameters: dict[str, Any]) -> str:
+    """Ollama's `parameters` field: one `name value` line per value, as `ollama show --parameters` prints."""
+    lines = []
+    for name, value in parameters.items():
+        for v in value if isinstance(value, list) else [value]:
+            lines.append(f"{name:<30} {json.dumps(v) if isinstance(v, str) else v}")
+    return "\n".join(lines)
+
+
+@router.post("/api/show")
+async def show(body: ModelRequest) -> dict[str, Any]:
+    entry = lookup(body.target)
+    settings = chat_settings(entry)
+    parameters = {**settings.parameters, "stop": settings.stop} if settings.stop else settings.parameters
+    config = entry.config
+    family = entry.details.get("family") or "yunque"
+    model_info = {"general.architecture": family, "general.parameter_count": entry.details.get("parameter_count", 0)}
+    model_info.update({f"{family}.{k}": v for k, v in config.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)})
+    return {
+        "modelfile": render_modelfile(entry.settings, header=f"Modelfile of {entry.name}, as `yunque show --modelfile` prints it"),
+        "parameters": _parameters_text(parameters),
+        "template": settings.template,
+        "system": settings.system or "",
+        "license": "\n".join(entry.settings.license),
+        "details": _details(entry),
+        "model_info": model_info,
+        "capabilities": ["completion", "embedding"],
+        "modified_at": entry.modified,
+    }
+
+
+@router.get("/api/ps")
+async def ps(request: Request) -> dict[str, Any]:
+    out = []
+    for lm in _manager(request).running():
+        expires = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if math.isinf(lm.expires_at) else dt.datetime.fromtimestamp(lm.expires_at, dt.timezone.utc)
+        out.append(
+            {
+                **_describe(lm.entry),
+                "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                "size": lm.runner.size,
+                "size_vram": lm.runner.size if lm.runner.device.startswith("cuda") else 0,
+                "context_length": lm.runner.context_length,
+                # yunque's addition (clients ignore it): the scheduler's load right now.
+                "requests": {"running": lm.runner.scheduler.active, "waiting": lm.runner.scheduler.waiting},
+            }
+        )
+    return {"models": out}
+
+
+@router.post("/api/create")
+async def create(body: CreateRequest) -> Response:
+    entry = store.create(body.target, body.modelfile_text())
+    statuses = ["reading model metadata", f"writing {entry.name}", "success"]
+    if not body.stream:
+        return JSONResponse({"status": "success"})
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        for status in statuses:
+            yield {"status": status}
+
+    return _ndjson(lines())
+
+
+@router.post("/api/copy")
+async def copy(body: CopyRequest) -> Response:
+    lookup(body.source)
+    store.copy(body.source, body.destination)
+    return Response(status_code=200)
+
+
+@router.delete("/api/delete")
+async def delete(body: ModelRequest, request: Request) -> Response:
+    name = body.target
+    lookup(name)
+    await _manager(request).unload(name)
+    store.delete(name)
+    return Response(status_code=200)
+
+
+@router.post("/api/pull")
+@router.post("/api/push")
+async def pull() -> Response:
+    raise APIError(
+        501,
+        "yunque works offline and has no registry to pull from or push to; bring a model in with "
+        "`yunque import DIR NAME` (a Hugging Face safetensors directory) or build one with `yunque create`",
+    )
+

@@ -1,0 +1,265 @@
+"""OpenAI's HTTP API under /v1: models, chat completions, completions, embeddings.
+
+Streaming answers are server-sent events (`data: {...}` lines) ending with `data: [DONE]`.
+Errors are `{"error": {"message", "type", "param", "code"}}` (see `yunque.server.errors`).
+Only `n=1` is served; `logprobs`, tools and other fields yunque cannot honour are refused
+with a 400 rather than silently ignored when they would change the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
+
+from yunque import store
+from yunque.server import generation as gen
+from yunque.server.errors import APIError, error_body, in_stream_error
+from yunque.server.manager import LoadedModel, lookup
+
+router = APIRouter(prefix="/v1")
+_Number = float | StrictInt
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+
+class TextPart(_Body):
+    type: StrictStr
+    text: StrictStr = ""
+
+
+class ChatMessage(_Body):
+    role: StrictStr
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        if any(p.type != "text" for p in self.content):
+            raise APIError(400, "only text content parts are supported", param="messages")
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: StrictBool = False
+
+
+class ResponseFormat(_Body):
+    type: Literal["text", "json_object", "json_schema"] = "text"
+
+
+class _Sampling(_Body):
+    model: StrictStr
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = None
+    temperature: _Number | None = None
+    top_p: _Number | None = None
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    n: StrictInt = 1
+    presence_penalty: _Number | None = None
+    frequency_penalty: _Number | None = None
+    user: StrictStr | None = None
+
+    def check(self) -> None:
+        if self.n != 1:
+            raise APIError(400, f"n={self.n} is not supported; yunque returns one choice per request (n=1)", param="n")
+        if self.temperature is not None and not 0 <= self.temperature <= 2:
+            raise APIError(400, f"temperature must be between 0 and 2, got {self.temperature}", param="temperature")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: StrictInt | None = None
+    response_format: ResponseFormat | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: StrictStr | list[StrictStr]
+    echo: StrictBool = False
+    suffix: StrictStr | None = None
+
+
+class EmbeddingRequest(_Body):
+    model: StrictStr
+    input: StrictStr | list[StrictStr]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+
+
+def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield b"data: " + json.dumps(event).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _usage(outcome: gen.Outcome) -> dict[str, int]:
+    return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
+
+
+async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], str], json_format: bool) -> tuple[LoadedModel, gen.Prepared]:
+    body.check()
+    manager = request.app.state.manager
+    lm, _ = await manager.acquire(body.model)
+    try:
+        settings = gen.settings_for(lm.entry)
+        ids = gen.encode(lm.runner, render(lm))
+        return lm, gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids)), json_format)
+    except BaseException:
+        manager.release(lm)
+        raise
+
+
+async def _respond(
+    request: Request,
+    lm: LoadedModel,
+    prepared: gen.Prepared,
+    body: _Sampling,
+    whole: Callable[[gen.Outcome], dict[str, Any]],
+    delta: Callable[[str | None, str | None], dict[str, Any]],
+    first: dict[str, Any] | None,
+) -> Response:
+    """Answer one completion: a JSON object, or SSE chunks made by `delta(text, finish_reason)`.
+
+    Owns the model reference from `acquire`: released when the answer is finished or abandoned.
+    """
+    manager = request.app.state.manager
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    if not body.stream or prepared.json_format:
+        try:
+            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
+        finally:
+            manager.release(lm)
+        if not body.stream:
+            return JSONResponse({**whole(outcome), "usage": _usage(outcome)})
+
+        async def once() -> AsyncIterator[dict[str, Any]]:
+            for event in ([first] if first else []) + [delta(outcome.text, None), delta(None, outcome.finish_reason)]:
+                yield event
+            if include_usage:
+                yield {**delta(None, None), "choices": [], "usage": _usage(outcome)}
+
+        return _sse(once())
+
+    stream_it = gen.generate(lm.runner, prepared)
+    try:
+        head = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
+    except BaseException:
+        manager.release(lm)
+        raise
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        try:
+            if first:
+                yield first
+            item = head
+            while not isinstance(item, gen.Outcome):
+                yield delta(item, None)
+                item = await anext(stream_it)
+            yield delta(None, item.finish_reason)
+            if include_usage:
+                yield {**delta(None, None), "choices": [], "usage": _usage(item)}
+        except Exception as e:  # the status line is sent: report in the stream, as OpenAI does
+            yield error_body(request.url.path, in_stream_error(e))
+        finally:
+            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
+            await stream_it.aclose()
+
+    return _sse(events())
+
+
+@router.get("/models")
+async def models() -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(e) for e in store.list_models()]}
+
+
+@router.get("/models/{name:path}")
+async def model(name: str) -> dict[str, Any]:
+    return _model_card(lookup(name))
+
+
+def _model_card(entry: store.ModelEntry) -> dict[str, Any]:
+    created = int(dt.datetime.fromisoformat(entry.modified).timestamp()) if entry.modified else 0
+    return {"id": str(entry.name), "object": "model", "created": created, "owned_by": entry.name.namespace if entry.name else "library"}
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    if not body.messages:
+        raise APIError(400, "messages must hold at least one message", param="messages")
+    json_format = bool(body.response_format and body.response_format.type != "text")
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    lm, prepared = await _prepare(request, body, lambda lm: gen.settings_for(lm.entry).render(messages), json_format)
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    base = {"id": cid, "created": created, "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
+
+    def whole(outcome: gen.Outcome) -> dict[str, Any]:
+        choice = {"index": 0, "message": {"role": "assistant", "content": outcome.text}, "logprobs": None, "finish_reason": outcome.finish_reason}
+        return {**base, "object": "chat.completion", "choices": [choice]}
+
+    def delta(text: str | None, finish: str | None) -> dict[str, Any]:
+        d = {} if text is None else {"content": text}
+        return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]}
+
+    first = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+    return await _respond(request, lm, prepared, body, whole, delta, first)
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        raise APIError(400, "prompt must be one string (a list of several prompts is not supported)", param="prompt")
+    prompt = prompts[0]
+    lm, prepared = await _prepare(request, body, lambda lm: prompt, False)
+    base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
+    echo = prompt if body.echo else ""
+
+    def whole(outcome: gen.Outcome) -> dict[str, Any]:
+        choice = {"index": 0, "text": echo + outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
+        return {**base, "object": "text_completion", "choices": [choice]}
+
+    def delta(text: str | None, finish: str | None) -> dict[str, Any]:
+        return {**base, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+
+    first = delta(echo, None) if echo else None
+    return await _respond(request, lm, prepared, body, whole, delta, first)
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]:
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    manager = request.app.state.manager
+    lm, _ = await manager.acquire(body.model)
+    try:
+        vectors, n_tokens = await lm.runner.embed(texts)
+    finally:
+        manager.release(lm)
+    if body.dimensions is not None and body.dimensions != len(vectors[0]):
+        raise APIError(400, f"this model's embeddings have {len(vectors[0])} dimensions; omit dimensions or ask for {len(vectors[0])}", param="dimensions")
+
+    def encoded(v: list[float]) -> list[float] | str:
+        # OpenAI's base64 format: the little-endian float32 bytes of the vector.
+        return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() if body.encoding_format == "base64" else v
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
+        "model": body.model,
+        "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+    }

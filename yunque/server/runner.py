@@ -1,0 +1,52 @@
+"""One loaded model: weights on a device, its tokenizer, and the scheduler that batches its requests."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from yunque import store
+from yunque.server.errors import APIError
+
+
+@dataclass
+class Runner:
+    """What loading a model produces; the model manager owns one per loaded model."""
+
+    model: Any
+    tokenizer: Any
+    scheduler: Any
+    context_length: int
+    size: int  # bytes of parameters and buffers
+    device: str
+
+    async def embed(self, texts: list[str], truncate: bool = True) -> tuple[list[list[float]], int]:
+        """Unit-length embeddings of `texts` and the number of tokens read; runs beside the scheduler in a worker thread.
+
+        A text longer than the context is cut to its first tokens when `truncate`, else refused.
+        """
+        from yunque.embeddings import embed
+
+        if not texts or any(not t for t in texts):
+            raise APIError(400, "input must be a non-empty string or a list of non-empty strings", param="input")
+        n_tokens = sum(min(len(self.tokenizer.encode(t)), self.context_length) for t in texts)
+        vectors = await asyncio.to_thread(embed, self.model, self.tokenizer, texts, truncate=truncate)
+        return vectors.tolist(), n_tokens
+
+
+def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
+    """Load a store entry on the best device (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
+    import torch
+
+    from yunque.model import Transformer
+    from yunque.scheduler import Engine
+    from yunque.tokenizer import Tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
+    tokenizer = Tokenizer.from_pretrained(entry.path)
+    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
