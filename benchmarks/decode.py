@@ -116,8 +116,9 @@ def main() -> None:
             with torch.no_grad():
                 for fn in contenders.values():  # warm-up
                     fn()
-                for _ in range(args.reps):
-                    for name, fn in contenders.items():
+                order = list(contenders.items())
+                for rep in range(args.reps):
+                    for name, fn in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate: no fixed neighbour
                         dt, outs[name] = timed(fn)
                         times[name].append(dt)
                     roof.append(roofline_seconds(ours))
@@ -137,8 +138,8 @@ def main() -> None:
                 prompts = [torch.randint(0, vocab, (PROMPT,), generator=g).tolist() for _ in range(16)]
                 engine_throughput(ours, 2, prompts)  # warm-up
                 rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
-                for _ in range(max(1, args.reps // 2)):
-                    for n in rates:
+                for rep in range(max(1, args.reps // 2)):
+                    for n in list(rates)[rep % 3 :] + list(rates)[: rep % 3]:
                         rates[n].append(engine_throughput(ours, n, prompts))
                 one = statistics.median(rates[1])
                 print("\n  Engine (continuous batching), aggregate greedy tok/s, 128 new tokens per request:")
