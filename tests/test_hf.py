@@ -39,7 +39,10 @@ def hf_model(name: str):
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
     with torch.no_grad():  # default init gives tiny logits that would hide errors
         for p in model.parameters():
-            p.normal_(0.0, 0.3 if p.dim() > 1 else 1.0) if p.dim() > 1 else p.add_(torch.randn_like(p) * 0.3)
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+            else:  # norm weights stay near 1, biases become non-zero
+                p.add_(torch.randn_like(p) * 0.3)
     return model
 
 
@@ -224,3 +227,18 @@ def test_inspect_command_prints_a_table_and_json(tmp_path):
     assert table.exit_code == 0 and "qwen2 (Qwen2ForCausalLM)" in table.output and "FLOPs per token" in table.output
     as_json = runner.invoke(app, ["inspect", str(tmp_path), "--json"])
     assert json.loads(as_json.output) == json.loads(json.dumps(describe(tmp_path)))
+
+
+def test_gpt2_checkpoint_in_openai_layout_loads(tmp_path):
+    """openai-community/gpt2's own file: no "transformer." prefix, plus causal-mask buffers named attn.bias."""
+    from safetensors.torch import load_file, save_file
+
+    theirs = hf_model("gpt2")
+    theirs.save_pretrained(tmp_path)
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(tmp_path / "model.safetensors").items()}
+    tensors.update({f"h.{i}.attn.bias": torch.ones(1, 1, 64, 64).tril() for i in range(2)})
+    save_file(tensors, tmp_path / "model.safetensors")
+    ours = Transformer.from_pretrained(tmp_path)
+    idx = random_batches(101)[0]
+    with torch.no_grad():
+        assert_logits_close(ours(idx), theirs(idx).logits)

@@ -129,12 +129,13 @@ _LLAMA_FIELDS = dict(
     norm_eps="rms_norm_eps", tie_embeddings="tie_word_embeddings", bos_token_id="bos_token_id", eos_token_id="eos_token_id",
     init_std="initializer_range",
 )
-_LLAMA_FIXED = dict(positions="rope", norm="rmsnorm", mlp="swiglu", norm_bias=False, n_experts=0)
+_ROPE_FIXED = dict(positions="rope", norm="rmsnorm", mlp="swiglu", norm_bias=False)
+_DENSE = dict(_ROPE_FIXED, n_experts=0)
 _NO_BIAS = dict(qkv_bias=False, attn_out_bias=False, mlp_bias=False)
 
 
 def _rope_family(c: ModelConfig, **values: Any) -> bool:
-    return all(getattr(c, k) == v for k, v in {**_LLAMA_FIXED, **values}.items())
+    return all(getattr(c, k) == v for k, v in {**_ROPE_FIXED, **values}.items())
 
 
 FAMILIES: dict[str, Family] = {
@@ -160,45 +161,45 @@ FAMILIES: dict[str, Family] = {
         tensors=_LLAMA_TENSORS,
         fields=dict(_LLAMA_FIELDS, n_experts="num_local_experts", n_experts_per_tok="num_experts_per_tok",
                     router_aux_loss_coef="router_aux_loss_coef", sliding_window="sliding_window"),
-        fixed=dict(_LLAMA_FIXED, **_NO_BIAS, n_experts=8),
+        fixed=dict(_ROPE_FIXED, **_NO_BIAS),
         defaults=dict(num_local_experts=8, num_experts_per_tok=2, router_aux_loss_coef=0.001, tie_word_embeddings=False, rms_norm_eps=1e-5),
         extra_in=_rope_from_hf,
         extra_out=lambda c: dict(_rope_to_hf(c), hidden_act="silu", attention_dropout=c.dropout),
-        matches=lambda c: c.is_moe and _rope_family(c, n_experts=c.n_experts, **_NO_BIAS),
+        matches=lambda c: c.is_moe and _rope_family(c, **_NO_BIAS),
         prefix="model.",
     ),
     "qwen2": Family(
         architecture="Qwen2ForCausalLM",
         tensors=_LLAMA_TENSORS,
         fields=dict(_LLAMA_FIELDS),
-        fixed=dict(_LLAMA_FIXED, qkv_bias=True, attn_out_bias=False, mlp_bias=False),
+        fixed=dict(_DENSE, qkv_bias=True, attn_out_bias=False, mlp_bias=False),
         defaults=dict(tie_word_embeddings=False, rms_norm_eps=1e-6),
         extra_in=lambda hf: dict(_rope_from_hf(hf), **_window_from_qwen2(hf)),
         extra_out=lambda c: dict(_rope_to_hf(c), hidden_act="silu", attention_dropout=c.dropout, use_sliding_window=c.sliding_window is not None,
                                  sliding_window=c.sliding_window, max_window_layers=0),
-        matches=lambda c: _rope_family(c, qkv_bias=True, attn_out_bias=False, mlp_bias=False),
+        matches=lambda c: _rope_family(c, n_experts=0, qkv_bias=True, attn_out_bias=False, mlp_bias=False),
         prefix="model.",
     ),
     "mistral": Family(
         architecture="MistralForCausalLM",
         tensors=_LLAMA_TENSORS,
         fields=dict(_LLAMA_FIELDS, sliding_window="sliding_window"),
-        fixed=dict(_LLAMA_FIXED, **_NO_BIAS),
+        fixed=dict(_DENSE, **_NO_BIAS),
         defaults=dict(tie_word_embeddings=False, rms_norm_eps=1e-6),
         extra_in=_rope_from_hf,
         extra_out=lambda c: dict(_rope_to_hf(c), hidden_act="silu", attention_dropout=c.dropout),
-        matches=lambda c: c.sliding_window is not None and _rope_family(c, **_NO_BIAS),
+        matches=lambda c: c.sliding_window is not None and _rope_family(c, n_experts=0, **_NO_BIAS),
         prefix="model.",
     ),
     "llama": Family(
         architecture="LlamaForCausalLM",
         tensors=_LLAMA_TENSORS,
         fields=dict(_LLAMA_FIELDS, mlp_bias="mlp_bias"),
-        fixed=dict(_LLAMA_FIXED, sliding_window=None),
+        fixed=dict(_DENSE, sliding_window=None),
         defaults=dict(tie_word_embeddings=False, rms_norm_eps=1e-6, mlp_bias=False, attention_bias=False),
         extra_in=lambda hf: dict(_rope_from_hf(hf), qkv_bias=bool(hf.get("attention_bias", False)), attn_out_bias=bool(hf.get("attention_bias", False))),
         extra_out=lambda c: dict(_rope_to_hf(c), hidden_act="silu", attention_bias=c.qkv_bias, attention_dropout=c.dropout),
-        matches=lambda c: c.sliding_window is None and c.qkv_bias == c.attn_out_bias and _rope_family(c),
+        matches=lambda c: c.sliding_window is None and c.qkv_bias == c.attn_out_bias and _rope_family(c, n_experts=0),
         prefix="model.",
     ),
 }
@@ -226,15 +227,14 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     key, allowed = _ACTIVATIONS_OK.get(model_type, _ACTIVATIONS_OK["default"])
     if hf.get(key, allowed[0]) not in allowed:
         raise YunqueError(f"This {model_type} checkpoint uses {key}={hf[key]!r}; yunque supports {', '.join(allowed)}.")
-    if model_type == "gpt2" and (hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn")):
-        raise YunqueError("This GPT-2 checkpoint scales attention by layer index, which yunque does not support.")
+    if model_type == "gpt2" and (hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True)):
+        raise YunqueError("This GPT-2 checkpoint scales attention scores unusually (by layer index, or not at all), which yunque does not support.")
     values = {field: hf.get(key, fam.defaults.get(key)) for field, key in fam.fields.items()}
     values = {k: v for k, v in values.items() if v is not None or k in ("sliding_window", "bos_token_id", "eos_token_id")}
     values.update(fam.fixed)
     values.update(fam.extra_in(hf))
     if isinstance(values.get("eos_token_id"), list):  # Llama 3 lists several; keep the first as the default stop
         values["eos_token_id"] = values["eos_token_id"][0]
-    values["n_experts"] = hf.get("num_local_experts", fam.defaults.get("num_local_experts", 0))
     return ModelConfig(**values)
 
 

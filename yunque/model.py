@@ -37,6 +37,10 @@ _ACTIVATIONS: dict[str, tuple[int, Callable[[Tensor], Tensor]]] = {
     "swiglu": (2, _swiglu),  # fused [gate; up] projection, silu(gate) * up
 }
 
+def _dropout(p: float) -> nn.Module:
+    return nn.Dropout(p) if p > 0 else nn.Identity()  # no kernel at all when dropout is off
+
+
 _NORMS: dict[str, Callable[[ModelConfig], nn.Module]] = {
     "layernorm": lambda c: nn.LayerNorm(c.d_model, eps=c.norm_eps, bias=c.norm_bias),
     "rmsnorm": lambda c: nn.RMSNorm(c.d_model, eps=c.norm_eps),
@@ -121,19 +125,19 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.sizes = (self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim)
-        self.qkv = nn.Linear(config.d_model, sum(self.sizes), bias=config.qkv_bias)  # one fused matmul
+        # One fused matmul for [q; k; v]; its output viewed as (n_head + 2 * n_kv_head) heads.
+        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
         self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, step: _Step, layer: int) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(self.sizes, dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if step.cos is not None:
-            q, k = _apply_rope(q, step.cos, step.sin), _apply_rope(k, step.cos, step.sin)
+        H, KV = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, H + 2 * KV, self.head_dim)
+        qk, v = qkv[:, :, : H + KV], qkv[:, :, H + KV :]
+        if step.cos is not None:  # rotate queries and keys in one pass
+            qk = _apply_rope(qk, step.cos, step.sin)
+        q, k, v = qk[:, :, :H].transpose(1, 2), qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)
         if step.cache is not None:
             k, v = self._through_cache(k, v, step, layer)
         if step.capture is not None:
@@ -179,7 +183,7 @@ class MLP(nn.Module):
         halves, self.act = _ACTIVATIONS[config.mlp]
         self.fc = nn.Linear(config.d_model, halves * config.d_ff, bias=config.mlp_bias)
         self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = _dropout(config.dropout)
 
     def forward(self, x: Tensor, step: _Step) -> Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
@@ -222,7 +226,7 @@ class Block(nn.Module):
         self.attn = Attention(config)
         self.norm2 = _NORMS[config.norm](config)
         self.mlp = MoE(config) if config.is_moe else MLP(config)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = _dropout(config.dropout)
 
     def forward(self, x: Tensor, step: _Step, layer: int) -> Tensor:
         x = x + self.resid_dropout(self.attn(self.norm1(x), step, layer))
@@ -245,7 +249,7 @@ class Transformer(nn.Module):
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model) if config.positions == "learned" else None
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = _dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = _NORMS[config.norm](config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
@@ -343,8 +347,8 @@ class Transformer(nn.Module):
         if cache is None:
             if T > self.config.max_seq_len:
                 raise YunqueError(f"Sequence of {T} tokens is longer than the model's context of {self.config.max_seq_len}; shorten it.")
-            cos = None if self.rope_cos is None else self.rope_cos[:T]
-            sin = None if self.rope_sin is None else self.rope_sin[:T]
+            cos = None if self.rope_cos is None else self.rope_cos[:T, None]  # (T, 1, head_dim)
+            sin = None if self.rope_sin is None else self.rope_sin[:T, None]
             mask = None
             if window is not None and window < T:
                 pos = torch.arange(T, device=idx.device)
@@ -362,8 +366,8 @@ class Transformer(nn.Module):
         rows = cache.row_ids if cache.row_ids is not None else torch.arange(B, device=idx.device)
         key_pos = torch.arange(length, device=idx.device)
         mask = _allowed(write_pos[:, :, None], key_pos[None, None, :], window)[:, None]  # (B, 1, T, L)
-        cos = None if self.rope_cos is None else self.rope_cos[write_pos][:, None]
-        sin = None if self.rope_sin is None else self.rope_sin[write_pos][:, None]
+        cos = None if self.rope_cos is None else self.rope_cos[write_pos][:, :, None]  # (B, T, 1, head_dim)
+        sin = None if self.rope_sin is None else self.rope_sin[write_pos][:, :, None]
         return _Step(cos, sin, mask, cache, write_pos, rows, length)
 
     # ------------------------------------------------------------------ cache
