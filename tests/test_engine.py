@@ -67,6 +67,15 @@ def test_batch_of_different_lengths_equals_each_alone(model):
         assert r.token_ids == naive_greedy(model, prompt, 12)
 
 
+def test_long_prompts_are_prefilled_in_chunks(model, monkeypatch):
+    import yunque.engine
+
+    monkeypatch.setattr(yunque.engine, "_LOGITS_BUDGET", 5 * model.config.vocab_size)  # 2 rows x 2 tokens per forward
+    prompts = [list(range(1, 12)), list(range(20, 29))]
+    results = generate_batch(model, prompts, temperature=0, max_new_tokens=6, stop_token_ids=[])
+    assert [r.token_ids for r in results] == [naive_greedy(model, p, 6) for p in prompts]
+
+
 def test_text_stream_is_utf8_safe_and_matches_decode(model, tok):
     stream = generate(model, tok, "¿Qué café", temperature=1.0, seed=1, max_new_tokens=40, stop_token_ids=[])
     pieces = list(stream)
@@ -241,7 +250,7 @@ def test_shutdown_cancels_running_work_and_refuses_new(model):
     handle = engine.submit([1], max_new_tokens=90, stop_token_ids=[])
     engine.shutdown()
     list(handle)
-    assert handle.result.finish_reason in ("cancelled", "length")
+    assert handle.result.finish_reason == "cancelled"
     with pytest.raises(YunqueError, match="shut down"):
         engine.submit([1])
 
@@ -259,6 +268,10 @@ def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout == expected + "\n"
     assert "tokens/s" in res.stderr and "12 generated" in res.stderr
+    stop = expected[5:7]
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "hear me", "-t", "0", "-n", "12", "--stop", stop, "--stop", "\\n"])
+    cut = min(i for i in (expected.find(stop), expected.find("\n")) if i >= 0)  # "\\n" on the command line is a newline
+    assert res.exit_code == 0 and res.stdout == expected[:cut] + "\n"
     res = runner.invoke(app, ["generate", str(tmp_path / "m"), "x", "--int8", "-n", "3", "--seed", "1"])
     assert res.exit_code == 0, res.output
 
@@ -275,3 +288,19 @@ def test_cli_generate_errors_are_one_sentence(tmp_path):
     assert res.returncode == 1 and "does not exist" in " ".join(res.stderr.split()) and "Traceback" not in res.stderr
     res = CliRunner().invoke(app, ["generate", str(tmp_path), "hi", "--top-p", "3"])  # refused before loading anything
     assert isinstance(res.exception, YunqueError) and "top_p must be" in str(res.exception)
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model):
+    with Engine(model, max_batch=2) as engine:
+        forward = engine._batch._forward
+
+        def broken(*args, **kwargs):
+            engine._batch._forward = forward  # fail once
+            raise RuntimeError("boom")
+
+        engine._batch._forward = broken
+        handle = engine.submit([1, 2], max_new_tokens=5, stop_token_ids=[])
+        with pytest.raises(RuntimeError, match="boom"):
+            list(handle)
+        after = engine.submit([1, 2], temperature=0, max_new_tokens=5, stop_token_ids=[])
+        assert [t for c in after for t in c.token_ids] == naive_greedy(model, [1, 2], 5)

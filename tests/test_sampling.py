@@ -121,3 +121,10 @@ def test_held_text_is_released_when_ruled_out():
 def test_earliest_of_several_stop_strings_wins():
     out, _, stopped = feed_all(["\n\n", "User:"], ["ok User: hi\n\n"])
     assert out == ["ok "] and stopped
+
+
+def test_a_zero_exponential_draw_never_picks_a_filtered_token(monkeypatch):
+    logits = torch.tensor([[5.0, 0.0, -1.0]])
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
+    for _ in range(3):
+        assert int(sample(logits, batch_of(SamplingParams(top_k=1, temperature=1.0)))) == 0

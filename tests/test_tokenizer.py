@@ -261,6 +261,7 @@ def test_cli_train_encode_decode(tmp_path):
     [
         (["train", "{tmp}/missing.txt", "--vocab-size", "400", "--out", "{tmp}/o"], "does not exist"),
         (["train", "{tmp}/c.txt", "--vocab-size", "100", "--out", "{tmp}/o"], "out of range"),
+        (["train", "{tmp}/c.txt", "--vocab-size", "273", "--out", "{tmp}/tok"], "already holds a different tokenizer"),
         (["encode", "{tmp}/nowhere", "hi"], "does not exist"),
         (["decode", "{tmp}/tok", "1", "99999"], "not in this tokenizer's vocabulary"),
         (["decode", "{tmp}/tok", "1", "x2"], "is not a token id"),
@@ -274,3 +275,25 @@ def test_cli_errors_are_one_sentence(tmp_path, args, message):
     assert proc.returncode == 1
     assert message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_reads_a_byte_level_bpe_trained_by_tokenizers(tmp_path, corpus):
+    """A Hugging Face tokenizer.json with its special tokens first (ids 0, 1) loads, encodes
+    like `tokenizers` itself, and saves back to the same tokenizer."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<s>", "</s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator([corpus[:300000]], trainer=trainer)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": {"content": "</s>", "special": True}}))
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert tok.special_tokens == {"<s>": 0, "</s>": 1} and tok.eot_id == 1
+    text = corpus[300000:320000] + "</s>"
+    assert tok.encode(text, allowed_special="all") == hf.encode(text).ids
+    again = Tokenizer.from_pretrained(tok.save_pretrained(tmp_path / "saved"))
+    assert again.fingerprint == tok.fingerprint and again.eot_id == 1

@@ -223,7 +223,7 @@ def generate(
     min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min_p times the most likely one (0: off)."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="Penalise tokens already seen (1: off)."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
-    stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable); it is not printed."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable; \\n and \\t mean newline and tab); it is not printed."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt longer than the context instead of failing."),
     int8: bool = typer.Option(False, "--int8", help="Quantize the weights to int8 (faster decoding on CPU)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print token counts and tokens per second to stderr."),
@@ -235,7 +235,8 @@ def generate(
 
     params = SamplingParams(  # checked before the model is loaded: cheap mistakes fail fast
         max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop), truncate=truncate,
+        repetition_penalty=repetition_penalty, seed=seed, truncate=truncate,
+        stop=tuple(x.replace("\\n", "\n").replace("\\t", "\t") for x in stop),  # shells pass "\n" literally
     )
     text = sys.stdin.read() if prompt == "-" else prompt
     model, tokenizer = load(model_dir, int8=int8)

@@ -17,7 +17,6 @@ the batch changes.
 from __future__ import annotations
 
 import collections
-import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +75,8 @@ class Chunk:
 class Request:
     """One generation's state, owned by whoever runs the `Batch` it sits in."""
 
-    _ids = itertools.count()
-
     def __init__(self, prompt_ids: list[int], params: SamplingParams, stop_ids: frozenset[int], text: TextStream | None,
                  truncated: bool, on_chunk: Callable[[Chunk], None], on_done: Callable[[GenerationResult], None]) -> None:
-        self.id = next(self._ids)
         self.prompt_ids, self.params, self.stop_ids, self.text = prompt_ids, params, stop_ids, text
         self.truncated = truncated
         self.on_chunk, self.on_done = on_chunk, on_done
@@ -118,7 +114,6 @@ class Request:
             text="".join(self.pieces),
             prompt_truncated=self.truncated,
         ))
-
 
     def fail(self, error: BaseException) -> None:
         """The engine broke while running this request: report the error instead of a result."""
@@ -162,26 +157,52 @@ class Batch:
         return self._views[n]
 
     @torch.inference_mode()
-    def add(self, req: Request) -> None:
-        """Prefill `req` into the next free slot and emit its first token."""
-        slot = len(self.active)
-        req.t_start = time.perf_counter()
-        req.generator = make_generator(req.params.seed, self.device)
-        ids = torch.tensor(req.prompt_ids, dtype=torch.long, device=self.device)[None]
-        logits = self.model(ids, cache=self.cache.rows([slot]), input_pos=self.pos.new_zeros(1))[:, -1]
-        self.pos[slot] = req.cached = ids.shape[1]
-        self.active.append(req)
+    def add(self, *reqs: Request) -> None:
+        """Prefill `reqs` into the next free slots and emit their first tokens.
+
+        Prompts of similar length are prefilled together, right-padded: a row never attends
+        past its own position, so the padding's cache entries are never read, and later
+        decode steps overwrite them.
+        """
+        for group in _similar_lengths(reqs):
+            self._prefill(group)
+
+    def _prefill(self, group: list[Request]) -> None:
+        lo, n = len(self.active), len(group)
+        t_start = time.perf_counter()
+        lengths = [len(r.prompt_ids) for r in group]
+        ids = torch.zeros(n, max(lengths), dtype=torch.long)
+        for row, req in enumerate(group):
+            req.t_start = t_start
+            req.generator = make_generator(req.params.seed, self.device)
+            ids[row, : lengths[row]] = torch.tensor(req.prompt_ids)
+            req.cached = lengths[row]
+        ids = ids.to(self.device)
+        # Chunks bound the logits a forward returns (rows x chunk x vocab) for long prompts or big vocabularies.
+        chunk = max(1, _LOGITS_BUDGET // (n * self.vocab_size))
+        cache = KVCache([k[lo : lo + n] for k in self.cache.k], [v[lo : lo + n] for v in self.cache.v])
+        last = torch.empty(n, self.vocab_size, device=self.device)
+        for start in range(0, ids.shape[1], chunk):
+            logits = self.model(ids[:, start : start + chunk], cache=cache, input_pos=self.pos.new_full((n,), start))
+            for row, length in enumerate(lengths):
+                if start <= length - 1 < start + chunk:
+                    last[row] = logits[row, length - 1 - start]
+        self.pos[lo : lo + n] = torch.tensor(lengths, device=self.device)
+        self.active.extend(group)
         self._sampling = None
-        if req.params.has_penalties:
+        if any(r.params.has_penalties for r in group):
             if self.seen is None:
                 self.seen = torch.zeros(self.n_slots, self.vocab_size, dtype=torch.bool, device=self.device)
                 self.counts = torch.zeros(self.n_slots, self.vocab_size, device=self.device)
-            self.seen[slot] = False
-            self.seen[slot, ids[0]] = True
-            self.counts[slot] = 0
-        token = self._sample(logits, slot, slot + 1)
-        req.t_prefill = time.perf_counter()
-        self._emit([req], token.tolist())
+            self.seen[lo : lo + n] = False
+            self.counts[lo : lo + n] = 0
+            for row, length in enumerate(lengths):
+                self.seen[lo + row, ids[row, :length]] = True
+        tokens = self._sample(last, lo, lo + n)
+        t_done = time.perf_counter()
+        for req in group:
+            req.t_prefill = t_done
+        self._emit(group, tokens.tolist())
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -259,6 +280,24 @@ class Batch:
     def cancel_flagged(self) -> None:
         for req in [r for r in self.active if r.cancelled]:
             self.remove(req, "cancelled")
+
+
+_LOGITS_BUDGET = 1 << 25  # floats of logits per prefill forward (128 MiB in float32)
+
+
+def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
+    """Groups to prefill together: longest first, a group grows while padding stays under a third of it."""
+    groups: list[list[Request]] = []
+    for req in sorted(reqs, key=lambda r: -len(r.prompt_ids)):
+        group = groups[-1] if groups else None
+        if group is not None:
+            longest = len(group[0].prompt_ids)
+            real = sum(len(r.prompt_ids) for r in group) + len(req.prompt_ids)
+            if (len(group) + 1) * longest * 2 <= real * 3:
+                group.append(req)
+                continue
+        groups.append([req])
+    return groups
 
 
 def _decode_step(model: Transformer) -> Callable[..., Tensor]:
@@ -433,8 +472,7 @@ def generate_batch(model: Transformer, prompts: Sequence[str | Sequence[int]], p
         for i, (prompt, p) in enumerate(zip(prompts, params))
     ]
     batch = Batch(model, len(reqs), context)
-    for req in reqs:
-        batch.add(req)
+    batch.add(*reqs)
     while batch.active:
         batch.step()
     return results  # type: ignore[return-value]

@@ -150,5 +150,6 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
     noise = torch.empty_like(probs)
     for i, gen in enumerate(batch.generators):
         noise[i].exponential_(generator=gen)
-    drawn = (probs / noise).argmax(dim=-1)
+    # An exponential draw can be exactly 0; 0/0 would be NaN, which argmax picks, so keep it positive.
+    drawn = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
     return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn)

@@ -134,6 +134,7 @@ class Engine:
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._cancel_all = False
         self._thread = threading.Thread(target=self._run, name="yunque-engine", daemon=True)
         self._thread.start()
 
@@ -177,11 +178,10 @@ class Engine:
         with self._cond:
             self._closed = True
             if cancel:
+                self._cancel_all = True  # the engine thread flags what it is running
                 for handle in self._waiting:
                     handle.request.finish("cancelled")
                 self._waiting.clear()
-                for req in self._batch.active:
-                    req.cancelled = True
             self._cond.notify_all()
         self._thread.join()
 
@@ -201,10 +201,12 @@ class Engine:
                 if self._closed and not self._waiting and not batch.active:
                     return
                 admit = [self._waiting.popleft() for _ in range(min(batch.free_slots, len(self._waiting)))]
+                if self._cancel_all:
+                    for req in batch.active:
+                        req.cancelled = True
             try:
                 batch.cancel_flagged()
-                for handle in admit:
-                    batch.add(handle.request)
+                batch.add(*[handle.request for handle in admit])
                 batch.step()
             except Exception as e:  # a bug, not a user mistake: fail the requests it touched, keep serving
                 for req in {id(r): r for r in [h.request for h in admit] + batch.reset()}.values():

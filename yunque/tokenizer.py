@@ -20,6 +20,7 @@ import os
 import re
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -243,7 +244,7 @@ class Tokenizer:
         return cls._from_vocab(
             model.get("vocab", {}), merges, specials, pattern, str(file),
             model_max_length=_max_length(config.get("model_max_length")),
-            eos_token=config.get("eos_token") if isinstance(config.get("eos_token"), str) else None,
+            eos_token=_token_name(config.get("eos_token")),
         )
 
     @classmethod
@@ -333,13 +334,26 @@ class Tokenizer:
     def encode_batch(
         self, texts: Sequence[str], allowed_special: AllowedSpecial = (), num_threads: int | None = None
     ) -> list[list[int]]:
-        """`encode` for many texts, in parallel threads (default: one per CPU, at most 8)."""
-        threads = num_threads or min(8, os.cpu_count() or 1)
-        if not allowed_special:
-            return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
-        return self._enc.encode_batch(
-            list(texts), num_threads=threads, allowed_special=self._allowed(allowed_special), disallowed_special=()
-        )
+        """`encode` for many texts, in parallel threads (default: one per available core, at most 8).
+
+        Each thread encodes one contiguous slice of `texts`: one task per text (as tiktoken's own
+        batch call does) costs more than encoding a short line, and tiktoken's Rust core releases
+        the GIL while it encodes, so slices run truly in parallel.
+        """
+        texts = list(texts)
+        allowed = self._allowed(allowed_special) if allowed_special else set()
+        threads = max(1, min(num_threads or min(8, len(os.sched_getaffinity(0))), len(texts)))
+        if allowed:
+            def encode(text: str) -> list[int]:
+                return self._enc.encode(text, allowed_special=allowed, disallowed_special=())
+        else:
+            encode = self._enc.encode_ordinary
+        if threads == 1:
+            return [encode(t) for t in texts]
+        step = -(-len(texts) // (threads * 4))
+        with ThreadPoolExecutor(threads) as pool:
+            slices = pool.map(lambda i: [encode(t) for t in texts[i : i + step]], range(0, len(texts), step))
+            return [ids for part in slices for ids in part]
 
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -391,16 +405,14 @@ class Tokenizer:
         from tokenizers import AddedToken, decoders, models
         from tokenizers import Tokenizer as HFTokenizer
 
-        vocab = {_to_unicode(token): i for token, i in self.ranks.items()}
+        # Special tokens sit in the model's vocabulary too (as in GPT-2's files), so any ids work.
+        vocab = {_to_unicode(token): i for token, i in self.ranks.items()} | self.special_tokens
         merges = [(_to_unicode(a), _to_unicode(b)) for a, b in self.merges]
         # ignore_merges: a pre-token that is itself in the vocabulary becomes one token, as in tiktoken.
         hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
         hf.pre_tokenizer = _pre_tokenizer(self.pattern)
         hf.decoder = decoders.ByteLevel()
-        for name, i in sorted(self.special_tokens.items(), key=lambda kv: kv[1]):
-            if hf.get_vocab_size(with_added_tokens=True) != i:
-                raise YunqueError(f"Special token {name} has id {i}, which tokenizer.json cannot place after the vocabulary.")
-            hf.add_special_tokens([AddedToken(name, special=True, normalized=False)])
+        hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in self.special_tokens])
         return hf
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -482,6 +494,13 @@ def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
     if len(pair) != 2:
         raise YunqueError(f"Merge {merge!r} is not a pair of tokens; the tokenizer file is damaged.")
     return pair[0], pair[1]
+
+
+def _token_name(value) -> str | None:
+    # tokenizer_config.json stores a token as its text or as a serialized AddedToken.
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def _max_length(value) -> int | None:

@@ -1,0 +1,151 @@
+"""Decoding speed: yunque vs transformers `generate`, same float32 weights, same process, interleaved.
+
+Batch-1 greedy decoding of 128 new tokens after a 64-token prompt, for two Llama-family sizes,
+plus int8 weights for the larger one, a bare loop over yunque's forward (the engine's
+overhead is the gap to it), the roofline of the larger one (one pass of
+matrix-vector products over all its weights, timed in the same run) and the aggregate
+throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
+
+    .venv/bin/python benchmarks/decode.py [--reps 7] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers
+
+from yunque.engine import generate_ids
+from yunque.model import Transformer
+from yunque.quantize import quantize_int8
+from yunque.scheduler import Engine
+
+PROMPT, NEW = 64, 128
+SIZES = {
+    "5M": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=688, vocab_size=4096),
+    "30M": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1376, vocab_size=8192),
+}
+
+
+def make_pair(size: str, tmp: str) -> tuple[torch.nn.Module, Transformer]:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(**SIZES[size], max_position_embeddings=512, tie_word_embeddings=False)
+    theirs = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init, so greedy choices are not near-ties
+        for p in theirs.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.08)
+    theirs.generation_config.eos_token_id = None
+    theirs.generation_config.pad_token_id = 0
+    path = os.path.join(tmp, size)
+    theirs.save_pretrained(path)
+    return theirs, Transformer.from_pretrained(path).eval()
+
+
+def timed(fn) -> tuple[float, list[int]]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def bare_loop(model: Transformer, prompt: list[int]) -> list[int]:
+    """The model's own forward with a cache in the plainest loop: the floor for the engine's overhead."""
+    with torch.inference_mode():
+        cache = model.make_cache(1, PROMPT + NEW)
+        token = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long))[:, -1].argmax(-1, keepdim=True)
+        pos, out = torch.tensor([PROMPT]), [token]
+        for _ in range(NEW - 1):
+            token = model(token, cache=cache, input_pos=pos)[:, -1].argmax(-1, keepdim=True)
+            pos += 1
+            out.append(token)
+        return torch.cat(out).flatten().tolist()
+
+
+def roofline_seconds(model: Transformer) -> float:
+    """One matrix-vector product with every linear weight (LM head included): the floor of a decode step."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(w.shape[1]) for w in weights]
+    with torch.inference_mode():
+        t = time.perf_counter()
+        for w, x in zip(weights, xs):
+            torch.mv(w, x)
+        return time.perf_counter() - t
+
+
+def engine_throughput(model: Transformer, n: int, prompts: list[list[int]]) -> float:
+    with Engine(model, max_batch=16, max_queue=64) as engine:
+        t = time.perf_counter()
+        handles = [engine.submit(p, temperature=0, max_new_tokens=NEW, stop_token_ids=[]) for p in prompts[:n]]
+        tokens = sum(len([c for c in h]) for h in handles)
+        return tokens / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in SIZES:
+            theirs, ours = make_pair(size, tmp)
+            vocab = ours.config.vocab_size
+            prompt = torch.randint(0, vocab, (PROMPT,), generator=g).tolist()
+            ids = torch.tensor([prompt])
+            contenders = {
+                "transformers": lambda: theirs.generate(ids, do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW)[0, PROMPT:].tolist(),
+                "yunque": lambda: list(generate_ids(ours, prompt, temperature=0, max_new_tokens=NEW, stop_token_ids=[])),
+                "(bare loop)": lambda: bare_loop(ours, prompt),
+            }
+            if size == "30M":
+                _, q = make_pair(size, tmp)
+                quantize_int8(q)
+                contenders["yunque int8"] = lambda: list(generate_ids(q, prompt, temperature=0, max_new_tokens=NEW, stop_token_ids=[]))
+            times: dict[str, list[float]] = {k: [] for k in contenders}
+            outs: dict[str, list[int]] = {}
+            roof: list[float] = []
+            with torch.no_grad():
+                for fn in contenders.values():  # warm-up
+                    fn()
+                for _ in range(args.reps):
+                    for name, fn in contenders.items():
+                        dt, outs[name] = timed(fn)
+                        times[name].append(dt)
+                    roof.append(roofline_seconds(ours))
+            base = NEW / statistics.median(times["transformers"])
+            n_params = sum(p.numel() for p in ours.parameters()) / 1e6
+            print(f"\n{size} ({n_params:.1f}M params), batch 1, {PROMPT}-token prompt, {NEW} new tokens, median of {args.reps}:")
+            print(f"  {'':14s} {'tok/s':>8s} {'vs transformers':>16s}  ids == transformers")
+            for name, ts in times.items():
+                rate = NEW / statistics.median(ts)
+                same = outs[name] == outs["transformers"] if "int8" not in name else "(quantized weights)"
+                print(f"  {name:14s} {rate:8.1f} {rate / base:15.2f}x  {same}")
+            if size == "30M":
+                roof_rate = 1 / statistics.median(roof)
+                print(f"  roofline (one matrix-vector pass over all float32 weights): {roof_rate:.1f} steps/s; "
+                      f"yunque float32 reaches {NEW / statistics.median(times['yunque']) / roof_rate:.0%} of it")
+            if size == "5M":
+                prompts = [torch.randint(0, vocab, (PROMPT,), generator=g).tolist() for _ in range(16)]
+                engine_throughput(ours, 2, prompts)  # warm-up
+                rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
+                for _ in range(max(1, args.reps // 2)):
+                    for n in rates:
+                        rates[n].append(engine_throughput(ours, n, prompts))
+                one = statistics.median(rates[1])
+                print("\n  Engine (continuous batching), aggregate greedy tok/s, 128 new tokens per request:")
+                for n, rs in rates.items():
+                    print(f"  batch {n:2d}: {statistics.median(rs):8.1f} tok/s  ({statistics.median(rs) / one:.1f}x batch 1)")
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
