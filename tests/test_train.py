@@ -284,6 +284,7 @@ def test_sigkill_loses_only_recent_steps_and_resume_works(data, tmp_path):
     done = subprocess.run(_cli_args(data, out, "--resume", "--max-steps", str(step + 2)), capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [s for s, _ in _losses(out)] == list(range(1, step + 3))
+    assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # leftovers of the kill removed
 
 
 @pytest.mark.slow

@@ -36,7 +36,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import discard_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from yunque.checkpoint import (
+    discard_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_state,
+    remove_leftovers,
+    save_checkpoint,
+)
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
@@ -443,6 +451,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         step, elapsed, tokens = state["step"], state["elapsed_s"], state["tokens"]
     if lead:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(ckpt_root)
         if resume_from is not None:
             _truncate_metrics(metrics_path, step)
         else:
