@@ -256,7 +256,7 @@ def sample(model: torch.nn.Module, tokenizer, n_tokens: int, seed: int, temperat
 # ---------------------------------------------------------------------------- plumbing
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). There bf16 autocast trains
-    small models 1.6-3x faster than fp32 (docs/benchmarks.md); elsewhere it would be emulated and slow."""
+    small models 1.5-2.1x faster than fp32 (benchmarks/cpu_bf16_step.py); elsewhere it would be emulated and slow."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
