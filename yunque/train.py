@@ -138,12 +138,13 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
     Progress through the schedule is the larger of step / schedule length and elapsed /
     time budget, so a time-budgeted run ends its decay exactly when the budget runs out.
     """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = cfg.warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     total = cfg.decay_steps or cfg.max_steps
     progress = 0.0
     if total:
-        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        progress = (step - warmup) / max(1, total - warmup)
     if cfg.time_budget:
         progress = max(progress, elapsed / cfg.time_budget)
     progress = min(max(progress, 0.0), 1.0)
