@@ -2,7 +2,7 @@
 
 Batch-1 greedy decoding of 128 new tokens after a 64-token prompt, for two Llama-family sizes,
 plus int8 weights for the larger one, a bare loop over yunque's forward (the engine's
-overhead is the gap to it), the roofline of the larger one (one pass of
+overhead is the gap to it), the roofline of each size (one pass of
 matrix-vector products over all its weights, timed in the same run) and the aggregate
 throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
 
@@ -116,8 +116,9 @@ def main() -> None:
             with torch.no_grad():
                 for fn in contenders.values():  # warm-up
                     fn()
-                for _ in range(args.reps):
-                    for name, fn in contenders.items():
+                order = list(contenders.items())
+                for rep in range(args.reps):
+                    for name, fn in order[rep % len(order) :] + order[: rep % len(order)]:  # rotate: no fixed neighbour
                         dt, outs[name] = timed(fn)
                         times[name].append(dt)
                     roof.append(roofline_seconds(ours))
@@ -129,16 +130,16 @@ def main() -> None:
                 rate = NEW / statistics.median(ts)
                 same = outs[name] == outs["transformers"] if "int8" not in name else "(quantized weights)"
                 print(f"  {name:14s} {rate:8.1f} {rate / base:15.2f}x  {same}")
-            if size == "30M":
-                roof_rate = 1 / statistics.median(roof)
-                print(f"  roofline (one matrix-vector pass over all float32 weights): {roof_rate:.1f} steps/s; "
-                      f"yunque float32 reaches {NEW / statistics.median(times['yunque']) / roof_rate:.0%} of it")
+            roof_rate = 1 / statistics.median(roof)
+            print(f"  roofline (one matrix-vector pass over all float32 weights): {roof_rate:.1f} steps/s; "
+                  f"yunque float32 reaches {NEW / statistics.median(times['yunque']) / roof_rate:.0%} of it, "
+                  f"transformers {base / roof_rate:.0%}")
             if size == "5M":
                 prompts = [torch.randint(0, vocab, (PROMPT,), generator=g).tolist() for _ in range(16)]
                 engine_throughput(ours, 2, prompts)  # warm-up
                 rates: dict[int, list[float]] = {1: [], 4: [], 16: []}
-                for _ in range(max(1, args.reps // 2)):
-                    for n in rates:
+                for rep in range(max(1, args.reps // 2)):
+                    for n in list(rates)[rep % 3 :] + list(rates)[: rep % 3]:
                         rates[n].append(engine_throughput(ours, n, prompts))
                 one = statistics.median(rates[1])
                 print("\n  Engine (continuous batching), aggregate greedy tok/s, 128 new tokens per request:")
