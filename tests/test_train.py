@@ -170,6 +170,7 @@ def test_lr_schedules():
     assert lr_at(cos, 60) == pytest.approx(0.55) and lr_at(cos, 110) == pytest.approx(0.1)
     wsd = TrainConfig(lr=1.0, warmup_steps=0, max_steps=100, schedule="wsd", decay_frac=0.2, min_lr_ratio=0.0)
     assert lr_at(wsd, 50) == 1.0 and lr_at(wsd, 80) == 1.0 and lr_at(wsd, 90) == pytest.approx(0.5) and lr_at(wsd, 100) == 0.0
+    assert (TrainConfig(max_steps=50).warmup, TrainConfig(max_steps=5000).warmup, TrainConfig(max_steps=None, time_budget=9).warmup) == (5, 100, 100)
     timed = TrainConfig(lr=1.0, warmup_steps=0, max_steps=None, time_budget=100.0, schedule="wsd", decay_frac=0.5, min_lr_ratio=0.0)
     assert lr_at(timed, 10, elapsed=25.0) == 1.0 and lr_at(timed, 10, elapsed=75.0) == pytest.approx(0.5)
 
@@ -284,6 +285,7 @@ def test_sigkill_loses_only_recent_steps_and_resume_works(data, tmp_path):
     done = subprocess.run(_cli_args(data, out, "--resume", "--max-steps", str(step + 2)), capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [s for s, _ in _losses(out)] == list(range(1, step + 3))
+    assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]  # leftovers of the kill removed
 
 
 @pytest.mark.slow

@@ -110,6 +110,14 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> None:
         discard_checkpoint(old)
 
 
+def remove_leftovers(root: str | Path) -> None:
+    """Delete the hidden temporaries a killed run left behind (half-written or half-deleted checkpoints)."""
+    root = Path(root)
+    if root.is_dir():
+        for p in root.glob(".step_*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def discard_checkpoint(path: str | Path) -> None:
     """Delete one checkpoint: hidden by a rename first, then removed."""
     path = Path(path)

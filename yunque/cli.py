@@ -171,7 +171,7 @@ def train_command(
     context: Optional[int] = typer.Option(None, "--context", help="Tokens per training sequence."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine, wsd (warmup-stable-decay) or constant."),
-    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warmup steps (default: 100, or a tenth of a shorter run)."),
     decay_steps: Optional[int] = typer.Option(None, "--decay-steps", help="Schedule length in steps (default: --max-steps)."),
     min_lr_ratio: Optional[float] = typer.Option(None, "--min-lr-ratio", help="The schedule ends at lr × this (0 decays to zero)."),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),

@@ -168,7 +168,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # the schedule ends at lr × this
     schedule: Schedule = "cosine"
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # None: 100, or a tenth of a shorter schedule
     decay_steps: int | None = None  # length of the schedule in steps; None means max_steps
     decay_frac: float = 0.2  # WSD: the final fraction of the schedule that decays
     weight_decay: float = 0.1
@@ -203,7 +203,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "context", "keep_last", "log_every"):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         need(self.threads is None or self.threads > 0, f"threads must be positive, got {self.threads}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "sample_tokens", "weight_decay", "grad_clip"):
+        need(self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must not be negative, got {self.warmup_steps}")
+        for name in ("eval_every", "checkpoint_every", "sample_tokens", "weight_decay", "grad_clip"):
             need(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
@@ -213,7 +214,7 @@ class TrainConfig:
         need(self.decay_steps is None or self.decay_steps > 0, f"decay_steps must be positive, got {self.decay_steps}")
         total = self.decay_steps or self.max_steps
         need(
-            self.time_budget is not None or total is None or self.warmup_steps < total,
+            self.time_budget is not None or total is None or self.warmup < total,
             f"warmup_steps ({self.warmup_steps}) must be smaller than the schedule length ({total} steps)",
         )
         need(self.eval_tokens is None or self.eval_tokens >= self.context, f"eval_tokens ({self.eval_tokens}) must be at least context ({self.context})")
@@ -227,6 +228,14 @@ class TrainConfig:
             self.model.get("max_seq_len", self.context) >= self.context,
             f"context ({self.context}) is longer than the model's max_seq_len ({self.model.get('max_seq_len')})",
         )
+
+    @property
+    def warmup(self) -> int:
+        """Warmup steps: as set, else 100, or a tenth of a schedule shorter than 1000 steps."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        total = self.decay_steps or self.max_steps
+        return min(100, total // 10) if total else 100
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

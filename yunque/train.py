@@ -36,7 +36,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import discard_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from yunque.checkpoint import (
+    discard_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    read_state,
+    remove_leftovers,
+    save_checkpoint,
+)
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
@@ -130,12 +138,13 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
     Progress through the schedule is the larger of step / schedule length and elapsed /
     time budget, so a time-budgeted run ends its decay exactly when the budget runs out.
     """
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+    warmup = cfg.warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     total = cfg.decay_steps or cfg.max_steps
     progress = 0.0
     if total:
-        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        progress = (step - warmup) / max(1, total - warmup)
     if cfg.time_budget:
         progress = max(progress, elapsed / cfg.time_budget)
     progress = min(max(progress, 0.0), 1.0)
@@ -248,7 +257,7 @@ def sample(model: torch.nn.Module, tokenizer, n_tokens: int, seed: int, temperat
 # ---------------------------------------------------------------------------- plumbing
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). There bf16 autocast trains
-    small models 1.6-3x faster than fp32 (docs/benchmarks.md); elsewhere it would be emulated and slow."""
+    small models 1.5-2.1x faster than fp32 (benchmarks/cpu_bf16_step.py); elsewhere it would be emulated and slow."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -412,7 +421,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
         raise YunqueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
     rank, local_rank, world = _distributed(_device_kind(cfg))
     try:
-        return _run(cfg, shards, tokenizer, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
+        result = _run(cfg, shards, tokenizer, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
+        if world > 1:
+            # Leave together: a rank that tears gloo down while rank 0 is still writing the final
+            # model makes gloo abort the process ("terminate called without an active exception").
+            dist.barrier()
+        return result
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -443,6 +457,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         step, elapsed, tokens = state["step"], state["elapsed_s"], state["tokens"]
     if lead:
         out.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(ckpt_root)
         if resume_from is not None:
             _truncate_metrics(metrics_path, step)
         else:
