@@ -9,8 +9,8 @@ A run directory collects what each stage makes:
         model/          the trained model with its tokenizer, in Hugging Face layout
       quickstart.json   the report below, for scripts
 
-Each stage is one function in `STAGES` that takes the run and fills in its part of the
-report; later stages (adding the model to the model store) slot in after `train_model`.
+and the last stage adds the model to the local store as `quickstart`. Each stage is one
+function in `STAGES` that takes the run and fills in its part of the report.
 """
 
 from __future__ import annotations
