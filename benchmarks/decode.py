@@ -57,7 +57,8 @@ def bare_loop(model: Transformer, prompt: list[int]) -> list[int]:
     """The model's own forward with a cache in the plainest loop: the floor for the engine's overhead."""
     with torch.inference_mode():
         cache = model.make_cache(1, PROMPT + NEW)
-        token = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long))[:, -1].argmax(-1, keepdim=True)
+        first = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long), logits_at=torch.tensor([PROMPT - 1]))
+        token = first[:, -1].argmax(-1, keepdim=True)
         pos, out = torch.tensor([PROMPT]), [token]
         for _ in range(NEW - 1):
             token = model(token, cache=cache, input_pos=pos)[:, -1].argmax(-1, keepdim=True)

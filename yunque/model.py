@@ -306,17 +306,22 @@ class Transformer(nn.Module):
         *,
         cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, T, vocab); with `targets` (B, T, -100 = ignore) also the mean loss.
 
         With `cache`, `input_pos` (B,) holds each row's start position: the call writes the
         new keys/values at [pos, pos + T) of each addressed row and attends to that row's
         cached prefix plus the new tokens, causally (and within the sliding window).
+        `logits_at` (B,) picks one position of each row: the logits are then (B, 1, vocab),
+        and the LM head runs only there (a prefill needs only each prompt's last position).
         """
         step = self._plan(idx, cache, input_pos)
         if targets is not None and self.training and self.config.is_moe and self.config.router_aux_loss_coef > 0:
             step.router = []
         x = self._hidden(idx, step)
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
         logits = self.lm_head(x)
         if targets is None:
             return logits
