@@ -158,7 +158,7 @@ class Attention(nn.Module):
     def _through_cache(k: Tensor, v: Tensor, step: _Step, layer: int) -> tuple[Tensor, Tensor]:
         kc, vc = step.cache.k[layer], step.cache.v[layer]
         # In-place writes of the new keys/values at each row's own positions: no cache copy.
-        # copy_ and scatter_ convert to the cache's dtype themselves.
+        # (`.to` is a no-op when the cache has the model's dtype.)
         if step.rows is not None:  # a subset of rows: advanced indexing
             k, v = k.transpose(1, 2), v.transpose(1, 2)
             rows = step.rows[:, None]
@@ -172,8 +172,8 @@ class Attention(nn.Module):
             kc, vc = kc[:, :, : step.length], vc[:, :, : step.length]
         else:  # rows 0..B-1 at their own positions: one scatter along the position axis
             index = step.write_pos[:, None, :, None].expand(k.shape)
-            kc.scatter_(2, index, k)
-            vc.scatter_(2, index, v)
+            kc.scatter_(2, index, k.to(kc.dtype))
+            vc.scatter_(2, index, v.to(vc.dtype))
             kc, vc = kc[:, :, : step.length], vc[:, :, : step.length]
         if kc.dtype != k.dtype:
             kc, vc = kc.to(k.dtype), vc.to(v.dtype)
