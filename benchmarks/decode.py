@@ -6,7 +6,7 @@ overhead is the gap to it), the roofline of each size (one pass of
 matrix-vector products over all its weights, timed in the same run) and the aggregate
 throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
 
-    .venv/bin/python benchmarks/decode.py [--reps 7] [--threads N]
+    .venv/bin/python benchmarks/decode.py [--reps 7] [--threads N] [--sizes 5M 30M] [--no-engine]
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def bare_loop(model: Transformer, prompt: list[int]) -> list[int]:
     """The model's own forward with a cache in the plainest loop: the floor for the engine's overhead."""
     with torch.inference_mode():
         cache = model.make_cache(1, PROMPT + NEW)
-        token = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long))[:, -1].argmax(-1, keepdim=True)
+        first = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long), logits_at=torch.tensor([PROMPT - 1]))
+        token = first[:, -1].argmax(-1, keepdim=True)
         pos, out = torch.tensor([PROMPT]), [token]
         for _ in range(NEW - 1):
             token = model(token, cache=cache, input_pos=pos)[:, -1].argmax(-1, keepdim=True)
@@ -89,6 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="model sizes to run")
+    ap.add_argument("--no-engine", action="store_true", help="skip the continuous-batching throughput runs")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +99,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for size in SIZES:
+        for size in args.sizes:
             theirs, ours = make_pair(size, tmp)
             vocab = ours.config.vocab_size
             prompt = torch.randint(0, vocab, (PROMPT,), generator=g).tolist()
@@ -134,7 +137,7 @@ def main() -> None:
             print(f"  roofline (one matrix-vector pass over all float32 weights): {roof_rate:.1f} steps/s; "
                   f"yunque float32 reaches {NEW / statistics.median(times['yunque']) / roof_rate:.0%} of it, "
                   f"transformers {base / roof_rate:.0%}")
-            if size == "5M":
+            if size == "5M" and not args.no_engine:
                 prompts = [torch.randint(0, vocab, (PROMPT,), generator=g).tolist() for _ in range(16)]
                 engine_throughput(ours, 2, prompts)  # warm-up
                 rates: dict[int, list[float]] = {1: [], 4: [], 16: []}

@@ -67,6 +67,37 @@ def test_decode_step_over_the_whole_cache_and_multi_token_chunks():
     torch.testing.assert_close(torch.cat([a, b], 1), full[:, :9], atol=1e-5, rtol=0)
 
 
+def test_rows_at_different_positions_over_the_whole_cache_and_logits_at():
+    model = tiny("mistral")  # with a sliding window that cuts, so the per-row mask matters
+    idx = torch.randint(0, 97, (2, 12))
+    full = model(idx)
+    cache = model.make_cache(2)
+    with torch.no_grad():
+        model(idx[:1, :7], cache=cache.rows([0]), input_pos=torch.tensor([0]))
+        model(idx[1:, :3], cache=cache.rows([1]), input_pos=torch.tensor([0]))
+        # Row 0 continues at 7, row 1 at 3: one call writes each row's chunk at its own positions.
+        out = model(torch.stack([idx[0, 7:10], idx[1, 3:6]]), cache=cache, input_pos=torch.tensor([7, 3]))
+        last = model(torch.stack([idx[0, 10:12], idx[1, 6:8]]), cache=cache, input_pos=torch.tensor([10, 6]),
+                     logits_at=torch.tensor([1, 0]))
+    torch.testing.assert_close(out, torch.stack([full[0, 7:10], full[1, 3:6]]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(last[:, 0], torch.stack([full[0, 11], full[1, 6]]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_a_cache_in_another_dtype_is_written_in_its_own_dtype(uniform):
+    model = tiny("llama")
+    idx = torch.randint(0, 97, (2, 6))
+    outs = []
+    for dtype in (torch.float32, torch.float64):
+        cache = model.make_cache(2, max_len=16, dtype=dtype)
+        with torch.no_grad():
+            model(idx, cache=cache, input_pos=torch.tensor([0, 0]))
+            outs.append(model(idx[:, :1], cache=cache, input_pos=torch.tensor([6, 6] if uniform else [6, 5])))
+        assert cache.k[0].dtype == dtype
+    assert outs[1].dtype == torch.float32
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
 def test_sliding_window_limits_what_a_token_sees():
     model = tiny("mistral")
     idx = torch.randint(0, 97, (1, 12))

@@ -178,15 +178,18 @@ class Batch:
             ids[row, : lengths[row]] = torch.tensor(req.prompt_ids)
             req.cached = lengths[row]
         ids = ids.to(self.device)
-        # Chunks bound the logits a forward returns (rows x chunk x vocab) for long prompts or big vocabularies.
+        # Chunks bound one forward's work (rows x chunk) for long prompts or big vocabularies.
         chunk = max(1, _LOGITS_BUDGET // (n * self.vocab_size))
         cache = KVCache([k[lo : lo + n] for k in self.cache.k], [v[lo : lo + n] for v in self.cache.v])
         last = torch.empty(n, self.vocab_size, device=self.device)
+        ends = torch.tensor(lengths) - 1  # each prompt's last position: the only logits sampling needs
         for start in range(0, ids.shape[1], chunk):
-            logits = self.model(ids[:, start : start + chunk], cache=cache, input_pos=self.pos.new_full((n,), start))
+            width = min(chunk, ids.shape[1] - start)
+            logits = self.model(ids[:, start : start + width], cache=cache, input_pos=self.pos.new_full((n,), start),
+                                logits_at=(ends - start).clamp(0, width - 1))
             for row, length in enumerate(lengths):
-                if start <= length - 1 < start + chunk:
-                    last[row] = logits[row, length - 1 - start]
+                if start <= length - 1 < start + width:
+                    last[row] = logits[row, 0]
         self.pos[lo : lo + n] = torch.tensor(lengths, device=self.device)
         self.active.extend(group)
         self._sampling = None
@@ -282,7 +285,7 @@ class Batch:
             self.remove(req, "cancelled")
 
 
-_LOGITS_BUDGET = 1 << 25  # floats of logits per prefill forward (128 MiB in float32)
+_LOGITS_BUDGET = 1 << 25  # rows x tokens x vocab per prefill forward
 
 
 def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:

@@ -112,10 +112,12 @@ class _Step:
 
     cos: Tensor | None
     sin: Tensor | None
-    mask: Tensor | None  # boolean (B|1, 1, T, L), True = may attend; None = plain causal
+    mask: Tensor | None  # boolean (B|1, 1, T, L), True = may attend
+    causal: bool = True  # with no mask: True = square causal attention, False = attend to every key read
     cache: KVCache | None = None
-    write_pos: Tensor | None = None  # (B, T) absolute positions of the new tokens
-    rows: Tensor | None = None  # (B,) cache rows addressed by this call
+    write_at: int | None = None  # every row writes at [write_at, write_at + T): a plain slice copy
+    write_pos: Tensor | None = None  # else (B, T) absolute positions of the new tokens
+    rows: Tensor | None = None  # (B,) cache rows addressed by this call (None: rows 0..B-1 of the buffers)
     length: int = 0  # L: cache positions read (max over rows of pos + T)
     capture: list[Tensor] | None = None  # attention probabilities, only in capture_attention
     router: list[tuple[Tensor, Tensor]] | None = None  # MoE (probs, chosen experts) for the aux loss
@@ -146,7 +148,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=step.mask,
-                is_causal=step.mask is None,
+                is_causal=step.mask is None and step.causal,
                 dropout_p=self.dropout if self.training else 0.0,
                 enable_gqa=self.n_head != self.n_kv_head,
             )
@@ -155,15 +157,27 @@ class Attention(nn.Module):
     @staticmethod
     def _through_cache(k: Tensor, v: Tensor, step: _Step, layer: int) -> tuple[Tensor, Tensor]:
         kc, vc = step.cache.k[layer], step.cache.v[layer]
-        # In-place scatter of the new keys/values at each row's own positions: no cache copy.
-        rows = step.rows[:, None]
-        kc[rows, :, step.write_pos] = k.transpose(1, 2).to(kc.dtype)
-        vc[rows, :, step.write_pos] = v.transpose(1, 2).to(vc.dtype)
-        # Read only the first L positions: a view for the whole cache, a gather of L for a subset.
-        kc, vc = kc[:, :, : step.length], vc[:, :, : step.length]
-        if step.cache.row_ids is not None:
-            kc, vc = kc[step.rows], vc[step.rows]
-        return kc.to(k.dtype), vc.to(v.dtype)
+        # In-place writes of the new keys/values at each row's own positions: no cache copy.
+        # (`.to` is a no-op when the cache has the model's dtype.)
+        if step.rows is not None:  # a subset of rows: advanced indexing
+            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            rows = step.rows[:, None]
+            kc[rows, :, step.write_pos] = k.to(kc.dtype)
+            vc[rows, :, step.write_pos] = v.to(vc.dtype)
+            kc, vc = kc[step.rows, :, : step.length], vc[step.rows, :, : step.length]
+        elif step.write_at is not None:  # rows 0..B-1, all at one position: a slice copy
+            T = k.shape[2]
+            kc[:, :, step.write_at : step.write_at + T].copy_(k)
+            vc[:, :, step.write_at : step.write_at + T].copy_(v)
+            kc, vc = kc[:, :, : step.length], vc[:, :, : step.length]
+        else:  # rows 0..B-1 at their own positions: one scatter along the position axis
+            index = step.write_pos[:, None, :, None].expand(k.shape)
+            kc.scatter_(2, index, k.to(kc.dtype))
+            vc.scatter_(2, index, v.to(vc.dtype))
+            kc, vc = kc[:, :, : step.length], vc[:, :, : step.length]
+        if kc.dtype != k.dtype:
+            kc, vc = kc.to(k.dtype), vc.to(v.dtype)
+        return kc, vc
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor, step: _Step) -> Tensor:
         """Attention with the probabilities materialised, for heat maps (capture_attention)."""
@@ -292,17 +306,22 @@ class Transformer(nn.Module):
         *,
         cache: KVCache | None = None,
         input_pos: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Logits (B, T, vocab); with `targets` (B, T, -100 = ignore) also the mean loss.
 
         With `cache`, `input_pos` (B,) holds each row's start position: the call writes the
         new keys/values at [pos, pos + T) of each addressed row and attends to that row's
         cached prefix plus the new tokens, causally (and within the sliding window).
+        `logits_at` (B,) picks one position of each row: the logits are then (B, 1, vocab),
+        and the LM head runs only there (a prefill needs only each prompt's last position).
         """
         step = self._plan(idx, cache, input_pos)
         if targets is not None and self.training and self.config.is_moe and self.config.router_aux_loss_coef > 0:
             step.router = []
         x = self._hidden(idx, step)
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
         logits = self.lm_head(x)
         if targets is None:
             return logits
@@ -340,15 +359,15 @@ class Transformer(nn.Module):
             raise YunqueError(f"Model input must be a (batch, time) integer tensor, got {tuple(idx.shape)} {idx.dtype}.")
         B, T = idx.shape
         V = self.config.vocab_size
-        if bool(((idx < 0) | (idx >= V)).any()):
+        # A one-token decode step feeds back a token the model sampled itself; the prompt was checked.
+        if (cache is None or T > 1) and bool(((idx < 0) | (idx >= V)).any()):
             bad = idx[(idx < 0) | (idx >= V)][0].item()
             raise YunqueError(f"Token id {bad} is outside the model's vocabulary of {V}; check that the tokenizer matches the model.")
         window = self.config.sliding_window
         if cache is None:
             if T > self.config.max_seq_len:
                 raise YunqueError(f"Sequence of {T} tokens is longer than the model's context of {self.config.max_seq_len}; shorten it.")
-            cos = None if self.rope_cos is None else self.rope_cos[:T, None]  # (T, 1, head_dim)
-            sin = None if self.rope_sin is None else self.rope_sin[:T, None]
+            cos, sin = self._rope_slice(0, T)
             mask = None
             if window is not None and window < T:
                 pos = torch.arange(T, device=idx.device)
@@ -358,17 +377,38 @@ class Transformer(nn.Module):
             raise YunqueError(f"With a KV cache, input_pos must be a tensor of {B} start positions (one per row).")
         if cache.batch_size != B:
             raise YunqueError(f"The KV cache addresses {cache.batch_size} rows but the input has {B}; pass cache.rows(slot_indices).")
-        input_pos = input_pos.to(device=idx.device, dtype=torch.long)
-        length = int(input_pos.max()) + T
-        if length > cache.max_len or int(input_pos.min()) < 0:
+        starts = input_pos.tolist()  # one read of B numbers: the lengths below must be Python ints for slicing
+        lo, hi = min(starts), max(starts)
+        length = hi + T
+        if length > cache.max_len or lo < 0:
             raise YunqueError(f"Positions up to {length} do not fit the KV cache of {cache.max_len}; make a larger cache or shorten the input.")
-        write_pos = input_pos[:, None] + torch.arange(T, device=idx.device)  # (B, T)
-        rows = cache.row_ids if cache.row_ids is not None else torch.arange(B, device=idx.device)
-        key_pos = torch.arange(length, device=idx.device)
-        mask = _allowed(write_pos[:, :, None], key_pos[None, None, :], window)[:, None]  # (B, 1, T, L)
+        rows = cache.row_ids
+        uniform = lo == hi and rows is None
+        write_pos = None
+        if not uniform or self.pos_emb is not None:
+            input_pos = input_pos.to(device=idx.device, dtype=torch.long)
+            write_pos = input_pos[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        # The mask is built once per call (all layers share it), and only when plain attention is wrong:
+        # rows at different positions, a chunk after a cached prefix, or a sliding window that cuts.
+        mask, causal = None, False
+        if not uniform or (window is not None and window < length) or (T > 1 and lo > 0):
+            q_pos = write_pos if write_pos is not None else torch.arange(lo, length, device=idx.device)[None]
+            key_pos = torch.arange(length, device=idx.device)
+            mask = _allowed(q_pos[:, :, None], key_pos[None, None, :], window)[:, None]  # (B|1, 1, T, L)
+        elif T > 1:
+            causal = True  # a chunk from position 0: square causal attention
+        if uniform:
+            cos, sin = self._rope_slice(lo, T)
+            return _Step(cos, sin, mask, causal, cache, write_at=lo, write_pos=write_pos, length=length)
         cos = None if self.rope_cos is None else self.rope_cos[write_pos][:, :, None]  # (B, T, 1, head_dim)
         sin = None if self.rope_sin is None else self.rope_sin[write_pos][:, :, None]
-        return _Step(cos, sin, mask, cache, write_pos, rows, length)
+        return _Step(cos, sin, mask, causal, cache, write_pos=write_pos, rows=rows, length=length)
+
+    def _rope_slice(self, start: int, T: int) -> tuple[Tensor | None, Tensor | None]:
+        """Rotary tables for positions [start, start + T), shared by every row: views, no gather."""
+        if self.rope_cos is None:
+            return None, None
+        return self.rope_cos[start : start + T, None], self.rope_sin[start : start + T, None]  # (T, 1, head_dim)
 
     # ------------------------------------------------------------------ cache
     def make_cache(

@@ -114,6 +114,10 @@ class SamplingBatch:
         self.top_p = col(p.top_p for p in params)
         self.min_p = col(p.min_p for p in params)
         self.needs_sort = any(p.top_k > 0 or p.top_p < 1 for p in params if not p.is_greedy)
+        # When every sampled row has a top-k, only the largest k ranks matter: a top-k, not a full sort.
+        ks = [p.top_k for p in params if not p.is_greedy]
+        self.sort_k = max(ks) if ks and min(ks) > 0 else None
+        self.seeded = any(g is not None for g in self.generators)
         self.needs_min_p = any(p.min_p > 0 for p in params if not p.is_greedy)
         self.repetition = col(p.repetition_penalty for p in params)
         self.frequency = col(p.frequency_penalty for p in params)
@@ -136,8 +140,11 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
         return logits.argmax(dim=-1)
     probs = (logits / batch.temperature).softmax(dim=-1)
     if batch.needs_sort:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        rank = torch.arange(probs.shape[-1], device=probs.device)[None, :]
+        if batch.sort_k is not None and batch.sort_k < probs.shape[-1]:
+            sorted_probs, order = probs.topk(batch.sort_k, dim=-1)  # largest first, as the sort's head
+        else:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+        rank = torch.arange(sorted_probs.shape[-1], device=probs.device)[None, :]
         # top-k keeps ranks below k (k == 0: all); top-p keeps a token while the mass before it is below p,
         # so the most likely token always survives.
         drop = (batch.top_k > 0) & (rank >= batch.top_k)
@@ -148,8 +155,11 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
     # Exponential-race draw: argmax(p / E) with E ~ Exp(1) picks token i with probability p_i / sum(p),
     # so filtered distributions need no renormalising, and each row can use its own generator.
     noise = torch.empty_like(probs)
-    for i, gen in enumerate(batch.generators):
-        noise[i].exponential_(generator=gen)
+    if batch.seeded:
+        for i, gen in enumerate(batch.generators):
+            noise[i].exponential_(generator=gen)
+    else:
+        noise.exponential_()  # no row has its own stream: one draw for the batch
     # An exponential draw can be exactly 0; 0/0 would be NaN, which argmax picks, so keep it positive.
     drawn = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
     return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn)
