@@ -276,7 +276,7 @@ def quickstart_command(
 def generate(
     model_dir: Path = typer.Argument(..., help="Model directory (config.json, model.safetensors, tokenizer.json)."),
     prompt: str = typer.Argument(..., help="Text to continue, or '-' to read it from standard input."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most new tokens to generate."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", min=1, help="Most new tokens to generate."),
     temperature: float = typer.Option(0.8, "--temperature", "-t", help="Sampling temperature; 0 means greedy."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: off)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: the smallest set of tokens with this much probability (1: off)."),

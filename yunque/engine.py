@@ -346,7 +346,7 @@ def prepare_prompt(ids: Sequence[int], params: SamplingParams, context: int, voc
     if len(ids) <= context:
         return ids, False
     if not params.truncate:
-        raise YunqueError(f"The prompt has {len(ids)} tokens but the context holds {context}; shorten it or pass truncate=True to keep its end.")
+        raise YunqueError(f"The prompt has {len(ids)} tokens but the context holds {context}; shorten it, or allow truncation to keep its end (`--truncate` on the command line, truncate=True in Python).")
     # Keep the end, leaving room for the answer (but never less than half the context of prompt).
     keep = max(context - params.max_new_tokens, context // 2)
     return ids[-keep:], True
