@@ -296,3 +296,16 @@ def test_create_can_replace_its_own_base(hf_dir: Path) -> None:
     assert again.settings.parameters == {"temperature": 0.4}
     assert (again.path / "model.safetensors").read_bytes() == weights
     assert _entries() == ["tiny:latest"]
+
+
+def test_a_damaged_entry_is_skipped_by_list_and_can_be_deleted(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "good")
+    bad = store.import_model(hf_dir, "bad")
+    (bad.path / store.SETTINGS_FILE).write_text("{not json")
+    with pytest.warns(UserWarning, match="bad:latest"):
+        assert [str(e.name) for e in store.list_models()] == ["good:latest"]
+    with pytest.warns(UserWarning, match="bad:latest"):
+        code, out, _ = _cli(monkeypatch, capsys, "list")
+    assert code == 0 and "good:latest" in out
+    assert _cli(monkeypatch, capsys, "rm", "bad")[0] == 0
+    assert _entries() == ["good:latest"]

@@ -429,12 +429,12 @@ def show(
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Store names to remove.")) -> None:
     """Remove models from the local store (models created FROM them keep working)."""
-    from yunque.store import delete, get
+    from yunque.store import delete, require
 
-    entries = [get(n) for n in names]  # every name is checked before anything is removed
-    for entry in entries:
-        delete(str(entry.name))
-        console.print(f"deleted {entry.name}", highlight=False)
+    found = [require(n) for n in names]  # every name is checked before anything is removed
+    for name in found:
+        delete(str(name))
+        console.print(f"deleted {name}", highlight=False)
 
 
 @app.command()

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -324,13 +325,18 @@ def _load_entry(name: ModelName, path: Path) -> ModelEntry:
     return ModelEntry(name, path, settings, data.get("digest", ""), data.get("modified", ""), data.get("size", 0), data.get("details", {}))
 
 
+def require(name: str) -> ModelName:
+    """The normalised name of an entry in the store, without reading its settings."""
+    parsed = parse_name(name)
+    if not (parsed.path() / SETTINGS_FILE).is_file():
+        raise YunqueError(f"Model {parsed} is not in the store; see `yunque list`, or add it with `yunque import` or `yunque create`.")
+    return parsed
+
+
 def get(name: str) -> ModelEntry:
     """The store entry called `name`."""
-    parsed = parse_name(name)
-    path = parsed.path()
-    if not (path / SETTINGS_FILE).is_file():
-        raise YunqueError(f"Model {parsed} is not in the store; see `yunque list`, or add it with `yunque import` or `yunque create`.")
-    return _load_entry(parsed, path)
+    parsed = require(name)
+    return _load_entry(parsed, parsed.path())
 
 
 def _looks_like_path(text: str) -> bool:
@@ -393,16 +399,19 @@ def copy(src: str, dst: str) -> ModelEntry:
 
 
 def delete(name: str) -> None:
-    """Remove `name` from the store; models derived from it keep working (their files are links)."""
-    entry = get(name)
-    trash = entry.path.with_name(f".{entry.path.name}.deleting-{os.getpid()}")
-    os.replace(entry.path, trash)  # one rename: the entry is gone at once, whatever happens next
+    """Remove `name` from the store; models derived from it keep working (their files are links).
+
+    The settings are not read, so a damaged entry can still be removed.
+    """
+    path = require(name).path()
+    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, trash)  # one rename: the entry is gone at once, whatever happens next
     shutil.rmtree(trash, ignore_errors=True)
-    _prune_empty_parents(entry.path)
+    _prune_empty_parents(path)
 
 
 def list_models() -> list[ModelEntry]:
-    """All store entries, most recently modified first."""
+    """All store entries, most recently modified first; a damaged entry is skipped with a warning."""
     models = store_root() / "models"
     entries = []
     for path in models.glob("*/*/*/" + SETTINGS_FILE):
@@ -413,5 +422,8 @@ def list_models() -> list[ModelEntry]:
             name = parse_name(f"{ns}/{model}:{tag}")
         except YunqueError:
             continue  # not made by yunque
-        entries.append(_load_entry(name, path.parent))
+        try:
+            entries.append(_load_entry(name, path.parent))
+        except YunqueError as e:
+            warnings.warn(f"Skipping {name}: {e}", stacklevel=2)
     return sorted(entries, key=lambda e: e.modified, reverse=True)
