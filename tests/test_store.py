@@ -309,3 +309,36 @@ def test_a_damaged_entry_is_skipped_by_list_and_can_be_deleted(hf_dir: Path, mon
     assert code == 0 and "good:latest" in out
     assert _cli(monkeypatch, capsys, "rm", "bad")[0] == 0
     assert _entries() == ["good:latest"]
+
+
+@pytest.mark.parametrize(
+    "config_changes, message",
+    [({"model_type": "bert"}, "Unsupported model_type 'bert'"), ({"num_hidden_layers": "2"}, "n_layer must be an integer, got '2'")],
+)
+def test_import_refuses_configs_yunque_cannot_load(hf_dir: Path, config_changes: dict, message: str) -> None:
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, **config_changes}))
+    with pytest.raises(YunqueError, match=message):
+        store.import_model(hf_dir, "tiny")
+    assert _entries() == []
+
+
+def test_import_names_a_damaged_source_weight_file(hf_dir: Path) -> None:
+    (hf_dir / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(YunqueError) as info:
+        store.import_model(hf_dir, "tiny")
+    assert str(hf_dir / "model.safetensors") in str(info.value) and _entries() == []
+
+
+def test_import_refuses_a_tokenizer_yunque_cannot_read(hf_dir: Path) -> None:
+    (hf_dir / "tokenizer.json").rename(hf_dir / "tokenizer.model")
+    with pytest.raises(YunqueError, match="no tokenizer yunque reads"):
+        store.import_model(hf_dir, "tiny")
+
+
+@pytest.mark.parametrize("template, message", [("{% if %}", "template"), ("{{ .Nope }}", ".Nope")])
+def test_create_refuses_a_template_that_cannot_render(hf_dir: Path, template: str, message: str) -> None:
+    store.import_model(hf_dir, "tiny")
+    with pytest.raises(YunqueError, match=message):
+        store.create("broken", f'FROM tiny\nTEMPLATE """{template}"""\n')
+    assert _entries() == ["tiny:latest"]

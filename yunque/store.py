@@ -44,7 +44,8 @@ _PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
 _TAG = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,79}")
 # Files that may run code when loaded are never taken into the store.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.model",))
+# What `Tokenizer.from_pretrained` reads (a SentencePiece tokenizer.model is not among them).
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
 
 def store_root() -> Path:
@@ -160,8 +161,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def validate_model_dir(src: str | os.PathLike) -> Path:
     """Check that `src` looks like an HF model directory yunque can load; return it resolved.
 
-    Needs config.json, safetensors weights (all shards an index names) and tokenizer files.
-    Loading the weights is left to the caller: this module does not import torch.
+    Needs a config.json of a supported family with well-typed values, safetensors weights with
+    readable headers (all shards an index names) and tokenizer files yunque reads. Loading the
+    weights is left to the caller.
     """
     path = Path(src).expanduser()
     if path.suffix.lower() == ".gguf":
@@ -180,9 +182,11 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
         if missing:
             raise YunqueError(f"{src} is missing weight shard(s) {', '.join(missing)} named by model.safetensors.index.json; download them again.")
     if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
-        raise YunqueError(f"{src} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or tokenizer.model); save the tokenizer into the model directory.")
-    if not isinstance(config.get("model_type", ""), str):
-        raise YunqueError(f"{path / 'config.json'} has a non-text model_type; fix the file.")
+        raise YunqueError(f"{src} has no tokenizer yunque reads (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe); save the tokenizer into the model directory.")
+    from yunque.hf import config_from_hf  # imports torch: only paid when a directory is checked
+
+    config_from_hf(config)
+    _safetensors_stats(path)  # a damaged header is named by its source path, before anything is copied
     return path.resolve()
 
 
@@ -384,9 +388,17 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
         messages=mf.messages or inherited.messages,
         license=mf.license or inherited.license,
     )
+    _check_template(ModelEntry(dest, base.path, settings))
     if base.name:
         return _write_entry(dest, lambda tmp: _link_files(base.path, tmp), settings, base.digest, settings.from_)
     return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
+
+
+def _check_template(entry: ModelEntry) -> None:
+    """Render the entry's effective template once, so a broken TEMPLATE is refused at create time."""
+    from yunque.chat import chat_settings  # chat imports this module
+
+    chat_settings(entry).render([{"role": "user", "content": "Hello"}])
 
 
 def copy(src: str, dst: str) -> ModelEntry:
