@@ -342,3 +342,9 @@ def test_create_refuses_a_template_that_cannot_render(hf_dir: Path, template: st
     with pytest.raises(YunqueError, match=message):
         store.create("broken", f'FROM tiny\nTEMPLATE """{template}"""\n')
     assert _entries() == ["tiny:latest"]
+
+
+def test_rm_of_the_same_model_twice_removes_it_once(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "pirate")
+    code, out, err = _cli(monkeypatch, capsys, "rm", "pirate", "pirate:latest", "PIRATE")
+    assert (code, out, err) == (0, "deleted pirate:latest\n", "") and _entries() == []

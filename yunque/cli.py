@@ -431,7 +431,8 @@ def rm(names: list[str] = typer.Argument(..., help="Store names to remove.")) ->
     """Remove models from the local store (models created FROM them keep working)."""
     from yunque.store import delete, require
 
-    found = [require(n) for n in names]  # every name is checked before anything is removed
+    # every name is checked before anything is removed; `pirate` and `pirate:latest` are one entry
+    found = list(dict.fromkeys(require(n) for n in names))
     for name in found:
         delete(str(name))
         console.print(f"deleted {name}", highlight=False)
