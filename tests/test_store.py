@@ -144,7 +144,7 @@ def test_failure_mid_import_leaves_the_store_unchanged(hf_dir: Path, monkeypatch
     make_hf_dir(hf_dir, seed=1)  # new weights: a successful import would change the digest
     for name in ("tiny", "other"):
         with pytest.raises(OSError, match="disk full"):
-            store.import_model(hf_dir, name)
+            store.import_model(hf_dir, name, force=True)
     assert _store_snapshot() == before
     assert store.get("tiny").digest == old_digest
 
@@ -348,3 +348,13 @@ def test_rm_of_the_same_model_twice_removes_it_once(hf_dir: Path, monkeypatch: p
     store.import_model(hf_dir, "pirate")
     code, out, err = _cli(monkeypatch, capsys, "rm", "pirate", "pirate:latest", "PIRATE")
     assert (code, out, err) == (0, "deleted pirate:latest\n", "") and _entries() == []
+
+
+def test_import_refuses_to_replace_an_entry_unless_forced(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "tiny")
+    store.create("tiny", "FROM tiny\nSYSTEM Be a pirate.\n")
+    code, _, err = _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny")
+    assert code == 1 and "tiny:latest is already in the store; pass --force" in " ".join(err.split())
+    assert store.get("tiny").settings.system == "Be a pirate."
+    assert _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny", "--force")[0] == 0
+    assert store.get("tiny").settings.system is None

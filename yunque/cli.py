@@ -342,11 +342,12 @@ def _ago(iso: str) -> str:
 def import_cmd(
     src: Path = typer.Argument(..., help="A Hugging Face model directory: config.json, *.safetensors and tokenizer files."),
     name: str = typer.Argument(..., help="Store name: model, model:tag or namespace/model:tag."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model of that name (its settings are lost)."),
 ) -> None:
     """Copy a Hugging Face model directory into the local model store under NAME."""
     from yunque.store import import_model
 
-    entry = import_model(src, name)
+    entry = import_model(src, name, force=force)
     console.print(f"imported {entry.name} (id {entry.short_id}, {_size(entry.size)})", highlight=False)
 
 

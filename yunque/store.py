@@ -301,9 +301,12 @@ def _prune_empty_parents(path: Path) -> None:
             break  # not empty: other tags or models live there
 
 
-def import_model(src_dir: str | os.PathLike, name: str) -> ModelEntry:
-    """Copy an HF model directory into the store as `name` (replacing an entry of that name)."""
+def import_model(src_dir: str | os.PathLike, name: str, force: bool = False) -> ModelEntry:
+    """Copy an HF model directory into the store as `name`; an existing entry of that name is
+    replaced (with its SYSTEM, TEMPLATE and parameters) only when `force` is set."""
     dest = parse_name(name)
+    if not force and (dest.path() / SETTINGS_FILE).is_file():
+        raise YunqueError(f"Model {dest} is already in the store; pass --force to replace it (its SYSTEM, TEMPLATE and parameters are lost) or choose another name.")
     src = validate_model_dir(src_dir)
     return _write_entry(dest, lambda tmp: _copy_files(src, tmp), Modelfile(from_=str(src)), None, str(src))
 
