@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,3 +18,14 @@ def test_error_text_in_square_brackets_is_printed(tmp_path: Path, monkeypatch: p
     err = " ".join(capsys.readouterr().err.split())
     assert exit_info.value.code == 1
     assert "Invalid [model] table: n_layer must be an integer, got 'abc'." in err
+
+
+def test_tokenizer_train_prints_no_progress_lines_when_piped(tmp_path: Path) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("hello world, this is text\n" * 200)
+    done = subprocess.run(
+        [sys.executable, "-m", "yunque", "tokenizer", "train", str(text), "--vocab-size", "300", "--out", str(tmp_path / "tok")],
+        capture_output=True, text=True, check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("trained ") and all(line.strip() for line in lines)

@@ -45,7 +45,8 @@ def tokenizer_train(
     """Train a byte-level BPE tokenizer (GPT-4 split pattern, chat special tokens) on your own text."""
     from yunque.tokenizer import train_tokenizer
 
-    summary = train_tokenizer(files, vocab_size, out, force=force)
+    # tokenizers' progress bar writes to stdout; show it only to a person watching a terminal
+    summary = train_tokenizer(files, vocab_size, out, force=force, show_progress=sys.stderr.isatty())
     tok = summary.tokenizer
     pieces = " | ".join(tok.token_bytes(i).decode("utf-8", errors="replace") for i in summary.sample_ids)
     console.print(f"[bold green]trained[/] {out}: vocab size {tok.vocab_size:,} in {summary.seconds:.1f} s, "
