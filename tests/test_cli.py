@@ -29,3 +29,22 @@ def test_tokenizer_train_prints_no_progress_lines_when_piped(tmp_path: Path) -> 
     )
     lines = done.stdout.splitlines()
     assert lines[0].startswith("trained ") and all(line.strip() for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["inspect", "{file}"], "is a file, not a model directory"),
+        (["tokenizer", "encode", "{file}", "hello"], "is a file, not a tokenizer directory"),
+    ],
+)
+def test_a_file_given_for_a_directory_is_named_as_a_file(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    file = tmp_path / "file.txt"
+    file.write_text("just text\n")
+    monkeypatch.setattr("sys.argv", ["yunque", *(a.format(file=file) for a in args)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 1 and f"{file} {message}" in err
