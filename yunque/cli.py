@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from yunque import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
 from yunque.errors import YunqueError
 
 app = typer.Typer(
@@ -92,8 +93,6 @@ def serve_cmd(
     max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
 ) -> None:
     """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
-    import os
-
     from yunque.server import serve
     from yunque.server.settings import base_url, env_host, parse_keep_alive
 
@@ -219,8 +218,6 @@ def inspect(
     json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
 ) -> None:
     """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
-    import json
-
     from rich.table import Table
 
     from yunque.hf import describe
@@ -253,9 +250,9 @@ def inspect(
 
 @app.command("quickstart")
 def quickstart_command(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
-    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
-    train_seconds: float = typer.Option(180.0, "--train-seconds", help="Seconds to train the model for."),
+    out: Path = typer.Option(quickstart_defaults.DEFAULT_RUN_DIR, "--out", help="Run directory for everything the quickstart makes."),
+    vocab_size: int = typer.Option(quickstart_defaults.DEFAULT_VOCAB_SIZE, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(quickstart_defaults.DEFAULT_TRAIN_SECONDS, "--train-seconds", help="Seconds to train the model for."),
 ) -> None:
     """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
     from yunque.quickstart import quickstart, render

@@ -107,7 +107,6 @@ class ModelConfig:
     init_std: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # family metadata kept for round trips
 
     def __post_init__(self) -> None:
         check_types(self, "model config")
