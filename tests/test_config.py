@@ -7,10 +7,16 @@ from yunque.errors import YunqueError
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_presets_are_valid(name):
+def test_presets_map_to_a_hugging_face_family_and_round_trip(name):
+    import torch
+
+    from yunque.hf import FAMILIES, config_from_hf, config_to_hf, family_of
+
     cfg = preset(name)
-    assert cfg.n_head % cfg.n_kv_head == 0
-    assert cfg.head_dim * cfg.n_head == cfg.d_model
+    hf = config_to_hf(cfg, torch.float32)
+    assert hf["model_type"] == family_of(cfg) in FAMILIES
+    assert name.split("-")[0] in (hf["model_type"], "cpu")  # the family a preset is named after
+    assert config_from_hf(hf) == cfg
 
 
 @pytest.mark.parametrize(
