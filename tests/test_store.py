@@ -358,3 +358,21 @@ def test_import_refuses_to_replace_an_entry_unless_forced(hf_dir: Path, monkeypa
     assert store.get("tiny").settings.system == "Be a pirate."
     assert _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny", "--force")[0] == 0
     assert store.get("tiny").settings.system is None
+
+
+def test_export_writes_a_loadable_hugging_face_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from serving import make_tiny_model
+
+    from yunque.model import Transformer
+
+    src = make_tiny_model(tmp_path / "src", d_model=32, n_layer=1, max_seq_len=32, vocab_size=300)
+    store.import_model(src, "tiny")
+    out = tmp_path / "out"
+    assert _cli(monkeypatch, capsys, "export", "tiny", str(out))[0] == 0
+    assert not (out / store.SETTINGS_FILE).exists()
+    assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert Transformer.from_pretrained(out).config == Transformer.from_pretrained(src).config
+    code, _, err = _cli(monkeypatch, capsys, "export", "tiny", str(out))
+    assert code == 1 and "is not empty; pass --force" in " ".join(err.split())
+    assert _cli(monkeypatch, capsys, "export", "tiny", str(out), "--force")[0] == 0
+    assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind

@@ -438,6 +438,19 @@ def rm(names: list[str] = typer.Argument(..., help="Store names to remove.")) ->
 
 
 @app.command()
+def export(
+    name: str = typer.Argument(..., help="Store name of the model to export."),
+    directory: Path = typer.Argument(..., help="Directory to write the Hugging Face model into."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
+) -> None:
+    """Copy a store model out as a plain Hugging Face directory (config.json, *.safetensors, tokenizer files)."""
+    from yunque.store import export_model
+
+    out = export_model(name, directory, force=force)
+    console.print(f"exported {name} to {out}", highlight=False, soft_wrap=True)
+
+
+@app.command()
 def cp(src: str = typer.Argument(..., help="Existing store name."), dst: str = typer.Argument(..., help="New store name.")) -> None:
     """Copy a model to a new name (shares the weight files, no extra space)."""
     from yunque.store import copy

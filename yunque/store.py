@@ -425,6 +425,20 @@ def delete(name: str) -> None:
     _prune_empty_parents(path)
 
 
+def export_model(name: str, dest_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Copy store entry `name` out to `dest_dir` as a plain Hugging Face directory (without
+    yunque's modelfile.json), atomically; a non-empty `dest_dir` is replaced only with `force`."""
+    entry = get(name)
+    dest = Path(dest_dir).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise YunqueError(f"{dest} is a file; give a directory to export {entry.name} into.")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise YunqueError(f"{dest} is not empty; pass --force to replace its contents or choose an empty directory.")
+    with atomic_dir(dest, overwrite=True) as tmp:
+        _copy_files(entry.path, tmp)
+    return dest
+
+
 def list_models() -> list[ModelEntry]:
     """All store entries, most recently modified first; a damaged entry is skipped with a warning."""
     models = store_root() / "models"
