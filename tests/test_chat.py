@@ -283,3 +283,13 @@ def test_messages_without_a_role_are_user_errors(bad: list) -> None:
     for render in (lambda: render_chat(bad), lambda: render_ollama(OLLAMA_CHATML, bad)):
         with pytest.raises(YunqueError, match="needs a 'role'"):
             render()
+
+
+def test_yunque_saved_tokenizer_keeps_default_template_and_end_stop(tmp_path: Path) -> None:
+    from yunque.tokenizer import Tokenizer
+
+    d = make_hf_dir(tmp_path / "trained")
+    Tokenizer.train_from_iterator(["hello world, hello chat"] * 20, 300, show_progress=False).save_pretrained(d)
+    assert json.loads((d / "tokenizer_config.json").read_text())["chat_template"] == DEFAULT_CHAT_TEMPLATE
+    s = chat_settings(str(d))
+    assert (s.source, s.template, s.stop) == ("default", DEFAULT_CHAT_TEMPLATE, ["<|end|>"])

@@ -144,7 +144,7 @@ def test_failure_mid_import_leaves_the_store_unchanged(hf_dir: Path, monkeypatch
     make_hf_dir(hf_dir, seed=1)  # new weights: a successful import would change the digest
     for name in ("tiny", "other"):
         with pytest.raises(OSError, match="disk full"):
-            store.import_model(hf_dir, name)
+            store.import_model(hf_dir, name, force=True)
     assert _store_snapshot() == before
     assert store.get("tiny").digest == old_digest
 
@@ -296,3 +296,83 @@ def test_create_can_replace_its_own_base(hf_dir: Path) -> None:
     assert again.settings.parameters == {"temperature": 0.4}
     assert (again.path / "model.safetensors").read_bytes() == weights
     assert _entries() == ["tiny:latest"]
+
+
+def test_a_damaged_entry_is_skipped_by_list_and_can_be_deleted(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "good")
+    bad = store.import_model(hf_dir, "bad")
+    (bad.path / store.SETTINGS_FILE).write_text("{not json")
+    with pytest.warns(UserWarning, match="bad:latest"):
+        assert [str(e.name) for e in store.list_models()] == ["good:latest"]
+    with pytest.warns(UserWarning, match="bad:latest"):
+        code, out, _ = _cli(monkeypatch, capsys, "list")
+    assert code == 0 and "good:latest" in out
+    assert _cli(monkeypatch, capsys, "rm", "bad")[0] == 0
+    assert _entries() == ["good:latest"]
+
+
+@pytest.mark.parametrize(
+    "config_changes, message",
+    [({"model_type": "bert"}, "Unsupported model_type 'bert'"), ({"num_hidden_layers": "2"}, "n_layer must be an integer, got '2'")],
+)
+def test_import_refuses_configs_yunque_cannot_load(hf_dir: Path, config_changes: dict, message: str) -> None:
+    config = json.loads((hf_dir / "config.json").read_text())
+    (hf_dir / "config.json").write_text(json.dumps({**config, **config_changes}))
+    with pytest.raises(YunqueError, match=message):
+        store.import_model(hf_dir, "tiny")
+    assert _entries() == []
+
+
+def test_import_names_a_damaged_source_weight_file(hf_dir: Path) -> None:
+    (hf_dir / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(YunqueError) as info:
+        store.import_model(hf_dir, "tiny")
+    assert str(hf_dir / "model.safetensors") in str(info.value) and _entries() == []
+
+
+def test_import_refuses_a_tokenizer_yunque_cannot_read(hf_dir: Path) -> None:
+    (hf_dir / "tokenizer.json").rename(hf_dir / "tokenizer.model")
+    with pytest.raises(YunqueError, match="no tokenizer yunque reads"):
+        store.import_model(hf_dir, "tiny")
+
+
+@pytest.mark.parametrize("template, message", [("{% if %}", "template"), ("{{ .Nope }}", ".Nope")])
+def test_create_refuses_a_template_that_cannot_render(hf_dir: Path, template: str, message: str) -> None:
+    store.import_model(hf_dir, "tiny")
+    with pytest.raises(YunqueError, match=message):
+        store.create("broken", f'FROM tiny\nTEMPLATE """{template}"""\n')
+    assert _entries() == ["tiny:latest"]
+
+
+def test_rm_of_the_same_model_twice_removes_it_once(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "pirate")
+    code, out, err = _cli(monkeypatch, capsys, "rm", "pirate", "pirate:latest", "PIRATE")
+    assert (code, out, err) == (0, "deleted pirate:latest\n", "") and _entries() == []
+
+
+def test_import_refuses_to_replace_an_entry_unless_forced(hf_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    store.import_model(hf_dir, "tiny")
+    store.create("tiny", "FROM tiny\nSYSTEM Be a pirate.\n")
+    code, _, err = _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny")
+    assert code == 1 and "tiny:latest is already in the store; pass --force" in " ".join(err.split())
+    assert store.get("tiny").settings.system == "Be a pirate."
+    assert _cli(monkeypatch, capsys, "import", str(hf_dir), "tiny", "--force")[0] == 0
+    assert store.get("tiny").settings.system is None
+
+
+def test_export_writes_a_loadable_hugging_face_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from serving import make_tiny_model
+
+    from yunque.model import Transformer
+
+    src = make_tiny_model(tmp_path / "src", d_model=32, n_layer=1, max_seq_len=32, vocab_size=300)
+    store.import_model(src, "tiny")
+    out = tmp_path / "out"
+    assert _cli(monkeypatch, capsys, "export", "tiny", str(out))[0] == 0
+    assert not (out / store.SETTINGS_FILE).exists()
+    assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+    assert Transformer.from_pretrained(out).config == Transformer.from_pretrained(src).config
+    code, _, err = _cli(monkeypatch, capsys, "export", "tiny", str(out))
+    assert code == 1 and "is not empty; pass --force" in " ".join(err.split())
+    assert _cli(monkeypatch, capsys, "export", "tiny", str(out), "--force")[0] == 0
+    assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind

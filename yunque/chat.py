@@ -245,7 +245,8 @@ def chat_settings(model: Any) -> ChatSettings:
     model_template = _model_template(entry.path, tok_config)
     if settings.template is not None:
         template, source = settings.template, "modelfile"
-    elif model_template is not None:
+    elif model_template is not None and model_template != DEFAULT_CHAT_TEMPLATE:
+        # yunque's tokenizer saves the default template; it is still the default (stops at <|end|>).
         template, source = model_template, "model"
     else:
         template, source = DEFAULT_CHAT_TEMPLATE, "default"

@@ -11,7 +11,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from yunque import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
 from yunque.errors import YunqueError
 
 app = typer.Typer(
@@ -44,7 +46,8 @@ def tokenizer_train(
     """Train a byte-level BPE tokenizer (GPT-4 split pattern, chat special tokens) on your own text."""
     from yunque.tokenizer import train_tokenizer
 
-    summary = train_tokenizer(files, vocab_size, out, force=force)
+    # tokenizers' progress bar writes to stdout; show it only to a person watching a terminal
+    summary = train_tokenizer(files, vocab_size, out, force=force, show_progress=sys.stderr.isatty())
     tok = summary.tokenizer
     pieces = " | ".join(tok.token_bytes(i).decode("utf-8", errors="replace") for i in summary.sample_ids)
     console.print(f"[bold green]trained[/] {out}: vocab size {tok.vocab_size:,} in {summary.seconds:.1f} s, "
@@ -90,8 +93,6 @@ def serve_cmd(
     max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
 ) -> None:
     """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
-    import os
-
     from yunque.server import serve
     from yunque.server.settings import base_url, env_host, parse_keep_alive
 
@@ -217,8 +218,6 @@ def inspect(
     json_output: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
 ) -> None:
     """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
-    import json
-
     from rich.table import Table
 
     from yunque.hf import describe
@@ -251,9 +250,9 @@ def inspect(
 
 @app.command("quickstart")
 def quickstart_command(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", help="Run directory for everything the quickstart makes."),
-    vocab_size: int = typer.Option(4096, "--vocab-size", help="Tokenizer vocabulary size."),
-    train_seconds: float = typer.Option(180.0, "--train-seconds", help="Seconds to train the model for."),
+    out: Path = typer.Option(quickstart_defaults.DEFAULT_RUN_DIR, "--out", help="Run directory for everything the quickstart makes."),
+    vocab_size: int = typer.Option(quickstart_defaults.DEFAULT_VOCAB_SIZE, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(quickstart_defaults.DEFAULT_TRAIN_SECONDS, "--train-seconds", help="Seconds to train the model for."),
 ) -> None:
     """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
     from yunque.quickstart import quickstart, render
@@ -341,11 +340,12 @@ def _ago(iso: str) -> str:
 def import_cmd(
     src: Path = typer.Argument(..., help="A Hugging Face model directory: config.json, *.safetensors and tokenizer files."),
     name: str = typer.Argument(..., help="Store name: model, model:tag or namespace/model:tag."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing model of that name (its settings are lost)."),
 ) -> None:
     """Copy a Hugging Face model directory into the local model store under NAME."""
     from yunque.store import import_model
 
-    entry = import_model(src, name)
+    entry = import_model(src, name, force=force)
     console.print(f"imported {entry.name} (id {entry.short_id}, {_size(entry.size)})", highlight=False)
 
 
@@ -428,12 +428,26 @@ def show(
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Store names to remove.")) -> None:
     """Remove models from the local store (models created FROM them keep working)."""
-    from yunque.store import delete, get
+    from yunque.store import delete, require
 
-    entries = [get(n) for n in names]  # every name is checked before anything is removed
-    for entry in entries:
-        delete(str(entry.name))
-        console.print(f"deleted {entry.name}", highlight=False)
+    # every name is checked before anything is removed; `pirate` and `pirate:latest` are one entry
+    found = list(dict.fromkeys(require(n) for n in names))
+    for name in found:
+        delete(str(name))
+        console.print(f"deleted {name}", highlight=False)
+
+
+@app.command()
+def export(
+    name: str = typer.Argument(..., help="Store name of the model to export."),
+    directory: Path = typer.Argument(..., help="Directory to write the Hugging Face model into."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
+) -> None:
+    """Copy a store model out as a plain Hugging Face directory (config.json, *.safetensors, tokenizer files)."""
+    from yunque.store import export_model
+
+    out = export_model(name, directory, force=force)
+    console.print(f"exported {name} to {out}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -449,7 +463,7 @@ def main() -> None:
     try:
         app()
     except YunqueError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")

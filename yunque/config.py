@@ -9,15 +9,69 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from yunque.errors import YunqueError
 
 Positions = Literal["learned", "rope"]
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(repr(v) for v in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in get_args(annotation))
+    if origin is not None:
+        return origin.__name__
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
+    """(whether `value` fits `annotation`, the value to keep: an int given for a float becomes a float)."""
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return True, value
+    if annotation is type(None):
+        return value is None, value
+    if origin is Literal:
+        return any(value == v and type(value) is type(v) for v in get_args(annotation)), value
+    if origin in (Union, types.UnionType):
+        for option in get_args(annotation):
+            ok, kept = _coerce(value, option)
+            if ok:
+                return True, kept
+        return False, value
+    if origin is not None:
+        return isinstance(value, origin), value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return fits, float(value) if fits else value
+    return isinstance(value, annotation), value
+
+
+def check_types(config: Any, what: str) -> None:
+    """Check every field of dataclass `config` against its annotation, raising a YunqueError that
+    names the field, the value and the expected type; ints given for float fields become floats."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        check_value(f.name, getattr(config, f.name), hints[f.name], what)
+        setattr(config, f.name, _coerce(getattr(config, f.name), hints[f.name])[1])
+
+
+def check_value(name: str, value: Any, annotation: Any, what: str) -> None:
+    """Raise a YunqueError unless `value` fits the annotation of field `name` (see `check_types`)."""
+    if not _coerce(value, annotation)[0]:
+        raise YunqueError(f"Invalid {what}: {name} must be {_type_name(annotation)}, got {value!r}.")
 
 
 @dataclass
@@ -53,9 +107,9 @@ class ModelConfig:
     init_std: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # family metadata kept for round trips
 
     def __post_init__(self) -> None:
+        check_types(self, "model config")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:
@@ -67,7 +121,8 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Reject inconsistent shapes with a sentence that names the fields involved."""
+        """Reject wrong types and inconsistent shapes with a sentence that names the fields involved."""
+        check_types(self, "model config")
 
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -192,6 +247,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject inconsistent settings before anything is allocated, naming the fields involved."""
+        check_types(self, "training config")
+        model_hints = get_type_hints(ModelConfig)
+        for name, value in self.model.items():
+            if name in model_hints:
+                check_value(name, value, model_hints[name], "[model] table")
 
         def need(ok: bool, msg: str) -> None:
             if not ok:

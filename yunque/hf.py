@@ -255,6 +255,8 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 
 def read_hf_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_file():
+        raise YunqueError(f"{path} is a file, not a model directory; give the directory that holds config.json and the safetensors weights.")
     if not path.is_dir():
         raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json and safetensors weights.")
     cfg_file = path / "config.json"

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,7 +44,8 @@ _PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
 _TAG = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,79}")
 # Files that may run code when loaded are never taken into the store.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.model",))
+# What `Tokenizer.from_pretrained` reads (a SentencePiece tokenizer.model is not among them).
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
 
 def store_root() -> Path:
@@ -159,8 +161,9 @@ def _weight_files(model_dir: Path) -> list[Path]:
 def validate_model_dir(src: str | os.PathLike) -> Path:
     """Check that `src` looks like an HF model directory yunque can load; return it resolved.
 
-    Needs config.json, safetensors weights (all shards an index names) and tokenizer files.
-    Loading the weights is left to the caller: this module does not import torch.
+    Needs a config.json of a supported family with well-typed values, safetensors weights with
+    readable headers (all shards an index names) and tokenizer files yunque reads. Loading the
+    weights is left to the caller.
     """
     path = Path(src).expanduser()
     if path.suffix.lower() == ".gguf":
@@ -179,9 +182,11 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
         if missing:
             raise YunqueError(f"{src} is missing weight shard(s) {', '.join(missing)} named by model.safetensors.index.json; download them again.")
     if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
-        raise YunqueError(f"{src} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or tokenizer.model); save the tokenizer into the model directory.")
-    if not isinstance(config.get("model_type", ""), str):
-        raise YunqueError(f"{path / 'config.json'} has a non-text model_type; fix the file.")
+        raise YunqueError(f"{src} has no tokenizer yunque reads (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe); save the tokenizer into the model directory.")
+    from yunque.hf import config_from_hf  # imports torch: only paid when a directory is checked
+
+    config_from_hf(config)
+    _safetensors_stats(path)  # a damaged header is named by its source path, before anything is copied
     return path.resolve()
 
 
@@ -296,9 +301,12 @@ def _prune_empty_parents(path: Path) -> None:
             break  # not empty: other tags or models live there
 
 
-def import_model(src_dir: str | os.PathLike, name: str) -> ModelEntry:
-    """Copy an HF model directory into the store as `name` (replacing an entry of that name)."""
+def import_model(src_dir: str | os.PathLike, name: str, force: bool = False) -> ModelEntry:
+    """Copy an HF model directory into the store as `name`; an existing entry of that name is
+    replaced (with its SYSTEM, TEMPLATE and parameters) only when `force` is set."""
     dest = parse_name(name)
+    if not force and (dest.path() / SETTINGS_FILE).is_file():
+        raise YunqueError(f"Model {dest} is already in the store; pass --force to replace it (its SYSTEM, TEMPLATE and parameters are lost) or choose another name.")
     src = validate_model_dir(src_dir)
     return _write_entry(dest, lambda tmp: _copy_files(src, tmp), Modelfile(from_=str(src)), None, str(src))
 
@@ -324,13 +332,18 @@ def _load_entry(name: ModelName, path: Path) -> ModelEntry:
     return ModelEntry(name, path, settings, data.get("digest", ""), data.get("modified", ""), data.get("size", 0), data.get("details", {}))
 
 
+def require(name: str) -> ModelName:
+    """The normalised name of an entry in the store, without reading its settings."""
+    parsed = parse_name(name)
+    if not (parsed.path() / SETTINGS_FILE).is_file():
+        raise YunqueError(f"Model {parsed} is not in the store; see `yunque list`, or add it with `yunque import` or `yunque create`.")
+    return parsed
+
+
 def get(name: str) -> ModelEntry:
     """The store entry called `name`."""
-    parsed = parse_name(name)
-    path = parsed.path()
-    if not (path / SETTINGS_FILE).is_file():
-        raise YunqueError(f"Model {parsed} is not in the store; see `yunque list`, or add it with `yunque import` or `yunque create`.")
-    return _load_entry(parsed, path)
+    parsed = require(name)
+    return _load_entry(parsed, parsed.path())
 
 
 def _looks_like_path(text: str) -> bool:
@@ -378,9 +391,17 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
         messages=mf.messages or inherited.messages,
         license=mf.license or inherited.license,
     )
+    _check_template(ModelEntry(dest, base.path, settings))
     if base.name:
         return _write_entry(dest, lambda tmp: _link_files(base.path, tmp), settings, base.digest, settings.from_)
     return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
+
+
+def _check_template(entry: ModelEntry) -> None:
+    """Render the entry's effective template once, so a broken TEMPLATE is refused at create time."""
+    from yunque.chat import chat_settings  # chat imports this module
+
+    chat_settings(entry).render([{"role": "user", "content": "Hello"}])
 
 
 def copy(src: str, dst: str) -> ModelEntry:
@@ -393,16 +414,33 @@ def copy(src: str, dst: str) -> ModelEntry:
 
 
 def delete(name: str) -> None:
-    """Remove `name` from the store; models derived from it keep working (their files are links)."""
-    entry = get(name)
-    trash = entry.path.with_name(f".{entry.path.name}.deleting-{os.getpid()}")
-    os.replace(entry.path, trash)  # one rename: the entry is gone at once, whatever happens next
+    """Remove `name` from the store; models derived from it keep working (their files are links).
+
+    The settings are not read, so a damaged entry can still be removed.
+    """
+    path = require(name).path()
+    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    os.replace(path, trash)  # one rename: the entry is gone at once, whatever happens next
     shutil.rmtree(trash, ignore_errors=True)
-    _prune_empty_parents(entry.path)
+    _prune_empty_parents(path)
+
+
+def export_model(name: str, dest_dir: str | os.PathLike, force: bool = False) -> Path:
+    """Copy store entry `name` out to `dest_dir` as a plain Hugging Face directory (without
+    yunque's modelfile.json), atomically; a non-empty `dest_dir` is replaced only with `force`."""
+    entry = get(name)
+    dest = Path(dest_dir).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise YunqueError(f"{dest} is a file; give a directory to export {entry.name} into.")
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise YunqueError(f"{dest} is not empty; pass --force to replace its contents or choose an empty directory.")
+    with atomic_dir(dest, overwrite=True) as tmp:
+        _copy_files(entry.path, tmp)
+    return dest
 
 
 def list_models() -> list[ModelEntry]:
-    """All store entries, most recently modified first."""
+    """All store entries, most recently modified first; a damaged entry is skipped with a warning."""
     models = store_root() / "models"
     entries = []
     for path in models.glob("*/*/*/" + SETTINGS_FILE):
@@ -413,5 +451,8 @@ def list_models() -> list[ModelEntry]:
             name = parse_name(f"{ns}/{model}:{tag}")
         except YunqueError:
             continue  # not made by yunque
-        entries.append(_load_entry(name, path.parent))
+        try:
+            entries.append(_load_entry(name, path.parent))
+        except YunqueError as e:
+            warnings.warn(f"Skipping {name}: {e}", stacklevel=2)
     return sorted(entries, key=lambda e: e.modified, reverse=True)

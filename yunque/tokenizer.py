@@ -202,6 +202,8 @@ class Tokenizer:
         path = Path(path)
         if not path.exists():
             raise YunqueError(f"Tokenizer path {path} does not exist; give a directory saved by yunque or Hugging Face.")
+        if path.is_file() and path.suffix.lower() != ".json":
+            raise YunqueError(f"{path} is a file, not a tokenizer directory; give the directory that holds tokenizer.json (or the tokenizer.json file itself).")
         if path.is_file():
             return cls._from_tokenizer_json(path, {})
         if (path / "tokenizer.json").is_file():
