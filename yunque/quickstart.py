@@ -148,7 +148,7 @@ def save_to_store(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Add the trained model to the local store, so `yunque run` and `yunque serve` find it by name."""
     from yunque.store import import_model
 
-    report.model_name = str(import_model(report.model_dir, STORE_NAME).name)
+    report.model_name = str(import_model(report.model_dir, STORE_NAME, force=True).name)
 
 
 Stage = tuple[str, str, Callable[[QuickstartReport, QuickstartOptions], None]]
