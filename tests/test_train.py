@@ -309,6 +309,16 @@ def test_resume_with_no_usable_checkpoint_is_one_sentence(data, six_step_run, tm
         resolve_config(resume=True, out=str(out))
 
 
+
+def test_resume_with_fewer_steps_than_done_is_refused(six_step_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(six_step_run, out)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(YunqueError, match="already at step 6.*larger --max-steps"):
+        train(resolve_config(resume=True, out=str(out), max_steps=4), resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_text() == before
+
+
 # ---------------------------------------------------------------------------- signals and kills
 
 

@@ -409,6 +409,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     family_of(mcfg)  # checkpoints are Hugging Face directories: refuse a model no family can express
     if resume_from is not None:
         saved = read_state(resume_from)
+        if cfg.max_steps is not None and cfg.max_steps < saved["step"]:
+            raise YunqueError(f"The run in {out} is already at step {saved['step']}; pass a larger --max-steps to train further.")
         if saved["tokenizer_fingerprint"] != fingerprint:
             raise YunqueError(
                 f"The data in {cfg.data} was made with a different tokenizer than the checkpoint in {resume_from}; "
