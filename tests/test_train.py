@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yunque.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from yunque.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state
 from yunque.config import TrainConfig
 from yunque.data import TokenShards, prepare
 from yunque.errors import YunqueError
@@ -317,6 +317,22 @@ def test_resume_with_fewer_steps_than_done_is_refused(six_step_run, tmp_path):
     with pytest.raises(YunqueError, match="already at step 6.*larger --max-steps"):
         train(resolve_config(resume=True, out=str(out), max_steps=4), resume=True, progress=False)
     assert (out / "metrics.jsonl").read_text() == before
+
+
+
+def test_load_weights_fills_the_model_in_place_without_building_another(six_step_run, monkeypatch):
+    ckpt = six_step_run / "checkpoints" / "step_0000006"
+    expected = Transformer.from_pretrained(ckpt).state_dict()
+    model = Transformer(Transformer.from_pretrained(ckpt).config)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+
+    def no_model(*a, **k):
+        raise AssertionError("load_weights built a second model")
+
+    monkeypatch.setattr(Transformer, "__init__", no_model)
+    load_weights(model, ckpt)
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
 # ---------------------------------------------------------------------------- signals and kills
