@@ -214,3 +214,18 @@ def test_full_queue_is_503_in_both_dialects(store_with_models):
             assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
 
     asyncio.run(scenario())
+
+
+def test_serve_on_a_busy_port_is_one_sentence_before_serving(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        port = occupant.getsockname()[1]
+        env = {**os.environ, "YUNQUE_HOME": str(tmp_path)}
+        proc = subprocess.run([sys.executable, "-m", "yunque.cli", "serve", "--port", str(port)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in proc.stderr and "--port" in proc.stderr
+    assert "serving on" not in proc.stderr and "Traceback" not in proc.stderr and "Errno" not in proc.stderr
