@@ -52,3 +52,41 @@ def test_quickstart_refuses_a_directory_of_other_files(tmp_path):
     with pytest.raises(YunqueError, match="which a quickstart run does not make"):
         quickstart(tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_a_failed_training_keeps_the_previous_model(tmp_path, monkeypatch):
+    import yunque.train
+    from yunque.quickstart import QuickstartOptions, QuickstartReport, train_model
+
+    report = QuickstartReport(run_dir=tmp_path)
+    (report.model_dir).mkdir(parents=True)
+    (report.model_dir / "model.safetensors").write_bytes(b"the previous model")
+
+    def failing_train(cfg, progress=True):
+        assert (report.model_dir / "model.safetensors").is_file()  # still there while the new one trains
+        assert cfg.out != str(report.train_dir)
+        raise YunqueError("training failed")
+
+    monkeypatch.setattr(yunque.train, "train", failing_train)
+    with pytest.raises(YunqueError, match="training failed"):
+        train_model(report, QuickstartOptions(progress=False))
+    assert (report.model_dir / "model.safetensors").read_bytes() == b"the previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]  # no temporary left behind
+
+
+def test_the_next_steps_name_the_vocabulary_size_chosen(tmp_path):
+    from rich.console import Console
+
+    from yunque.quickstart import QuickstartReport, render
+
+    split = {"documents": 2, "tokens": 10, "bytes": 40}
+    report = QuickstartReport(
+        run_dir=tmp_path, vocab_size=1024, model_name="quickstart:latest",
+        shards={"dtype": "uint16", "split_by": "document", "splits": {"train": split, "val": split}},
+        train={"parameters": 1, "steps": 1, "tokens": 10, "val_loss": 1.0, "val_bpb": 1.0, "sample": "x"},
+        seconds={name: 0.0 for name in ("corpus", "tokenizer", "shards", "train", "store")},
+    )
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    assert "--vocab-size 1024" in text and "4096" not in text

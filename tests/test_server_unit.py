@@ -214,3 +214,52 @@ def test_full_queue_is_503_in_both_dialects(store_with_models):
             assert r.status_code == 503 and r.json()["error"]["code"] == "server_busy"
 
     asyncio.run(scenario())
+
+
+def test_serve_on_a_busy_port_is_one_sentence_before_serving(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        port = occupant.getsockname()[1]
+        env = {**os.environ, "YUNQUE_HOME": str(tmp_path)}
+        proc = subprocess.run([sys.executable, "-m", "yunque.cli", "serve", "--port", str(port)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in proc.stderr and "--port" in proc.stderr
+    assert "serving on" not in proc.stderr and "Traceback" not in proc.stderr and "Errno" not in proc.stderr
+
+
+def test_load_runner_reads_the_tokenizer_before_the_weights(tmp_path, monkeypatch):
+    from yunque.model import Transformer
+    from yunque.server.runner import load_runner
+
+    src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
+    (src / "tokenizer.json").unlink()
+
+    def no_weights(*a, **k):
+        raise AssertionError("the weights were loaded before the tokenizer was found missing")
+
+    monkeypatch.setattr(Transformer, "from_pretrained", no_weights)
+    with pytest.raises(YunqueError):
+        load_runner(SimpleNamespace(path=src))
+
+
+def test_runner_embed_encodes_each_text_once_and_counts_what_it_read(tmp_path, monkeypatch):
+    from yunque.model import Transformer
+    from yunque.server.runner import Runner
+    from yunque.tokenizer import Tokenizer
+
+    src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
+    tokenizer = Tokenizer.from_pretrained(src)
+    runner = Runner(Transformer.from_pretrained(src), tokenizer, scheduler=None, context_length=64, size=0, device="cpu")
+    texts = ["def f(x): return x", "import this " * 40]
+    lengths = [len(tokenizer.encode(t)) for t in texts]
+    assert lengths[1] > 64
+    encoded: list[str] = []
+    encode = tokenizer.encode
+    monkeypatch.setattr(tokenizer, "encode", lambda text, *a, **k: encoded.append(text) or encode(text, *a, **k))
+    vectors, n_tokens = asyncio.run(runner.embed(texts))
+    assert encoded == texts and len(vectors) == 2
+    assert n_tokens == lengths[0] + 64  # the long text is cut to the context

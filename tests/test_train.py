@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yunque.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from yunque.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state
 from yunque.config import TrainConfig
 from yunque.data import TokenShards, prepare
 from yunque.errors import YunqueError
@@ -260,6 +261,78 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
 def test_cli_reports_user_mistakes_in_one_sentence(data, tmp_path):
     proc = subprocess.run(_cli_args(data, tmp_path / "none", "--resume"), capture_output=True, text=True, env=_env(), timeout=60)
     assert proc.returncode == 1 and "Nothing to resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+CORRUPTIONS = {
+    "trainer_state.json": _truncate,
+    "optimizer.safetensors": _truncate,
+    "rng.safetensors": Path.unlink,
+}
+
+
+@pytest.fixture(scope="module")
+def six_step_run(data, tmp_path_factory) -> Path:
+    """A finished 6-step run with checkpoints at steps 3 and 6, copied by each test that damages it."""
+    out = tmp_path_factory.mktemp("six") / "run"
+    train(_cfg(data, out, decay_steps=6), progress=False)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_resume_skips_a_corrupt_newest_checkpoint(six_step_run, tmp_path, capsys, name):
+    out = tmp_path / "run"
+    shutil.copytree(six_step_run, out)
+    CORRUPTIONS[name](out / "checkpoints" / "step_0000006" / name)
+    result = train(resolve_config(resume=True, out=str(out), max_steps=6), resume=True, progress=False)
+    warning = capsys.readouterr().err
+    assert f"step_0000006 is unusable ({name}" in warning and "resuming from step_0000003" in warning
+    assert warning.count("\n") == 1
+    assert result.step == 6 and [s for s, _ in _losses(out)] == [1, 2, 3, 4, 5, 6]
+    assert _losses(out) == _losses(six_step_run)  # the steps after the usable checkpoint trained again, identically
+    assert read_state(out / "checkpoints" / "step_0000006")["step"] == 6  # the corrupt one replaced by a good one
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_resume_with_no_usable_checkpoint_is_one_sentence(data, six_step_run, tmp_path, name):
+    out = tmp_path / "run"
+    shutil.copytree(six_step_run, out)
+    for ckpt in list_checkpoints(out / "checkpoints"):
+        CORRUPTIONS[name](ckpt / name)
+    with pytest.raises(YunqueError, match=rf"step_0000006 .*{name}.* no older checkpoint is usable; delete .* without --resume"):
+        train(_cfg(data, out), resume=True, progress=False)
+    with pytest.raises(YunqueError, match="no older checkpoint is usable"):
+        resolve_config(resume=True, out=str(out))
+
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(six_step_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(six_step_run, out)
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(YunqueError, match="already at step 6.*larger --max-steps"):
+        train(resolve_config(resume=True, out=str(out), max_steps=4), resume=True, progress=False)
+    assert (out / "metrics.jsonl").read_text() == before
+
+
+
+def test_load_weights_fills_the_model_in_place_without_building_another(six_step_run, monkeypatch):
+    ckpt = six_step_run / "checkpoints" / "step_0000006"
+    expected = Transformer.from_pretrained(ckpt).state_dict()
+    model = Transformer(Transformer.from_pretrained(ckpt).config)
+    before = {name: p.data_ptr() for name, p in model.named_parameters()}
+
+    def no_model(*a, **k):
+        raise AssertionError("load_weights built a second model")
+
+    monkeypatch.setattr(Transformer, "__init__", no_model)
+    load_weights(model, ckpt)
+    assert {name: p.data_ptr() for name, p in model.named_parameters()} == before
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
 
 # ---------------------------------------------------------------------------- signals and kills

@@ -12,6 +12,8 @@ load it), plus what resuming needs:
 The directory is written under a temporary name and renamed into place
 (`yunque.fsutil.atomic_dir`), so a kill at any moment leaves either the previous
 checkpoints intact or a new complete one; `latest_checkpoint` only ever sees complete ones.
+A disk that fails under a finished checkpoint can still truncate or lose its files:
+`resumable_checkpoint` checks every file resuming reads and falls back to an older checkpoint.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir
 
 STATE_FILE = "trainer_state.json"
+# Every file `load_checkpoint` reads; each must parse (JSON) or have a complete header and length (safetensors).
+RESUME_FILES = (STATE_FILE, "optimizer.json", "config.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors")
 _NAME = re.compile(r"^step_(\d{7,})$")
 
 
@@ -75,10 +80,24 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load the weights of the Hugging Face directory `path` into `model`, in place."""
-    from yunque.model import Transformer
+    """Copy the weights of the Hugging Face directory `path` into `model`'s parameters, in place.
 
-    model.load_state_dict(Transformer.from_pretrained(path).state_dict())
+    The safetensors tensors go through yunque.hf's name mapping for the model's family straight
+    into the existing parameters: no second model is built. The directory must have been saved
+    from a model of the same config (a checkpoint of this run).
+    """
+    from yunque.hf import _OPS, FAMILIES, _plan, family_of, read_tensors, weight_files
+
+    tensors = read_tensors(weight_files(path))
+    params = dict(model.named_parameters())  # tied weights appear once
+    plan = _plan(list(params), model.config, FAMILIES[family_of(model.config)])
+    missing = [s for groups, _, _ in plan.values() for g in groups for s in g if s not in tensors]
+    if missing:
+        raise YunqueError(f"Checkpoint {path} lacks tensor {missing[0]}; it was not saved from this model, so resume from another checkpoint.")
+    with torch.no_grad():
+        for name, (groups, op, stacked) in plan.items():
+            parts = [_OPS[op][0]([tensors[s] for s in g]) for g in groups]
+            params[name].copy_(torch.stack(parts) if stacked else parts[0])
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -101,6 +120,41 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why resuming from the checkpoint `path` would fail (a file missing, unparsable or truncated), or None."""
+    for name in RESUME_FILES:
+        file = Path(path) / name
+        if not file.is_file():
+            return f"{name} is missing"
+        try:
+            if name.endswith(".json"):
+                json.loads(file.read_text())
+            else:
+                with safe_open(str(file), framework="pt"):  # checks the header and that the data covers the file
+                    pass
+        except (ValueError, SafetensorError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return f"{name} is unreadable: {e}"
+    return None
+
+
+def resumable_checkpoint(root: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint under `root` that resuming can read (None if there is no checkpoint at all),
+    and the newer ones skipped, each with its problem. Raises if checkpoints exist but none is usable."""
+    skipped: list[tuple[Path, str]] = []
+    for ckpt in reversed(list_checkpoints(root)):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt, skipped
+        skipped.append((ckpt, problem))
+    if skipped:
+        newest, problem = skipped[0]
+        raise YunqueError(
+            f"Cannot resume: checkpoint {newest} is damaged ({problem}) and no older checkpoint is usable; "
+            f"delete {root} and start the run again without --resume."
+        )
+    return None, skipped
 
 
 def prune_checkpoints(root: str | Path, keep_last: int) -> None:

@@ -99,8 +99,14 @@ def serve_cmd(
     env_hostname, env_port = env_host()
     host, port = host or env_hostname, port or env_port
     seconds = parse_keep_alive(keep_alive)
-    err_console.print(f"yunque serving on {base_url(host, port)} (web chat at {base_url(host, port)}/ui)", highlight=False)
-    serve(host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded, max_batch=max_batch, max_queue=max_queue)
+
+    def announce() -> None:
+        err_console.print(f"yunque serving on {base_url(host, port)} (web chat at {base_url(host, port)}/ui)", highlight=False)
+
+    serve(
+        host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded,
+        max_batch=max_batch, max_queue=max_queue, on_listening=announce,
+    )
 
 
 @app.command("run")

@@ -17,14 +17,9 @@ from yunque.errors import YunqueError
 from yunque.model import Transformer
 
 
-def embed(model: Transformer, tokenizer: Any, texts: Sequence[str], *, truncate: bool = False, batch_size: int = 16) -> Tensor:
-    """Embeddings (N, d_model) of `texts`, one unit-length row each.
-
-    A text longer than the context is an error unless `truncate`, which keeps its beginning.
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    context = model.config.max_seq_len
+def encode_texts(tokenizer: Any, texts: Sequence[str], context: int, *, truncate: bool = False) -> list[list[int]]:
+    """The token ids of each text, checked against the context: a longer text is an error unless
+    `truncate`, which keeps its beginning."""
     ids = []
     for i, text in enumerate(texts):
         toks = tokenizer.encode(text)
@@ -35,6 +30,11 @@ def embed(model: Transformer, tokenizer: Any, texts: Sequence[str], *, truncate:
                 raise YunqueError(f"Text {i} has {len(toks)} tokens but the context holds {context}; shorten it or pass truncate=True.")
             toks = toks[:context]
         ids.append(toks)
+    return ids
+
+
+def embed_ids(model: Transformer, ids: Sequence[Sequence[int]], *, batch_size: int = 16) -> Tensor:
+    """Embeddings (N, d_model) of texts already encoded (`encode_texts`), one unit-length row each."""
     device = model.tok_emb.weight.device
     out = []
     # Sorting by length keeps padding (wasted compute) small within each batch.
@@ -53,3 +53,13 @@ def embed(model: Transformer, tokenizer: Any, texts: Sequence[str], *, truncate:
     result = torch.empty_like(pooled)
     result[torch.tensor(order, dtype=torch.long, device=device)] = pooled
     return F.normalize(result, dim=-1)
+
+
+def embed(model: Transformer, tokenizer: Any, texts: Sequence[str], *, truncate: bool = False, batch_size: int = 16) -> Tensor:
+    """Embeddings (N, d_model) of `texts`, one unit-length row each.
+
+    A text longer than the context is an error unless `truncate`, which keeps its beginning.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    return embed_ids(model, encode_texts(tokenizer, texts, model.config.max_seq_len, truncate=truncate), batch_size=batch_size)

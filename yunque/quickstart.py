@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 
 from yunque.corpus import BUILTIN_CORPUS, python_docs
 from yunque.errors import YunqueError
-from yunque.fsutil import write_text_atomic
+from yunque.fsutil import atomic_dir, write_text_atomic
 
 DEFAULT_RUN_DIR = Path("runs") / "quickstart"
 DEFAULT_VOCAB_SIZE = 4096
@@ -128,20 +127,24 @@ def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
     from yunque.model import Transformer
     from yunque.train import train
 
-    shutil.rmtree(report.train_dir, ignore_errors=True)  # an earlier quickstart's run, replaced
-    cfg = TrainConfig(
-        data=str(report.data_dir), out=str(report.train_dir), max_steps=None, time_budget=options.train_seconds,
-        eval_every=0, checkpoint_every=0, keep_last=1, sample_tokens=64, **TRAIN_SETTINGS,
-    )
-    result = train(cfg, progress=options.train_progress)
-    report.train = {
-        "steps": result.step,
-        "tokens": result.tokens,
-        "parameters": Transformer.from_pretrained(result.model_dir).num_params(),
-        "val_loss": result.val_loss,
-        "val_bpb": result.val_bpb,
-        "sample": result.sample,
-    }
+    # Train into a temporary sibling that replaces an earlier quickstart's run only once this one
+    # has finished: a failed or interrupted re-run keeps the previous model.
+    with atomic_dir(report.train_dir, overwrite=True) as tmp:
+        cfg = TrainConfig(
+            data=str(report.data_dir), out=str(tmp), max_steps=None, time_budget=options.train_seconds,
+            eval_every=0, checkpoint_every=0, keep_last=1, sample_tokens=64, **TRAIN_SETTINGS,
+        )
+        result = train(cfg, progress=options.train_progress)
+        if result.interrupted:  # Ctrl-C stopped training before the final model: keep the previous run
+            raise KeyboardInterrupt
+        report.train = {
+            "steps": result.step,
+            "tokens": result.tokens,
+            "parameters": Transformer.from_pretrained(result.model_dir).num_params(),
+            "val_loss": result.val_loss,
+            "val_bpb": result.val_bpb,
+            "sample": result.sample,
+        }
 
 
 def save_to_store(report: QuickstartReport, options: QuickstartOptions) -> None:
@@ -165,7 +168,8 @@ def _check_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise YunqueError(f"{run_dir} is a file; give --out a directory path.")
     if run_dir.is_dir():
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES)
+        ours = tuple(f".{entry}." for entry in RUN_ENTRIES)  # the temporaries an interrupted run may leave
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith(ours))
         if foreign:
             raise YunqueError(
                 f"{run_dir} holds {foreign[0]!r}, which a quickstart run does not make; choose a new or empty --out directory."
@@ -252,7 +256,7 @@ def render(report: QuickstartReport, console) -> None:
             f"  yunque run {report.model_name}\n  yunque serve\n"
             f"Generate from your model:\n  yunque generate {report.model_dir} \"def \"\n"
             f"Watch it learn: {report.train_dir / 'loss.png'}; train longer, or on your own text:\n"
-            "  yunque tokenizer train FILES --vocab-size 4096 --out my-tokenizer\n"
+            f"  yunque tokenizer train FILES --vocab-size {report.vocab_size} --out my-tokenizer\n"
             "  yunque data prepare FILES --tokenizer my-tokenizer --out my-shards\n"
             "  yunque train --data my-shards --out my-run --time-budget 600",
             title="next",

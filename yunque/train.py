@@ -24,6 +24,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from yunque.checkpoint import (
     prune_checkpoints,
     read_state,
     remove_leftovers,
+    resumable_checkpoint,
     save_checkpoint,
 )
 from yunque.config import ModelConfig, TrainConfig, preset, read_toml
@@ -91,7 +93,7 @@ def resolve_config(config_file: str | Path | None = None, resume: bool = False, 
     if resume:
         if out is None:
             raise YunqueError("--resume needs --out (or `out` in the config file) to find the run to continue.")
-        ckpt = latest_checkpoint(Path(out) / "checkpoints")
+        ckpt, _ = resumable_checkpoint(Path(out) / "checkpoints")
         if ckpt is None:
             raise YunqueError(f"Nothing to resume: {out} has no complete checkpoint; start the run without --resume.")
         base = read_state(ckpt)["config"]
@@ -389,9 +391,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     cfg.validate()
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"
-    resume_from = latest_checkpoint(ckpt_root) if resume else None
+    resume_from, damaged = resumable_checkpoint(ckpt_root) if resume else (None, [])
     if resume and resume_from is None:
         raise YunqueError(f"Nothing to resume: {out} has no complete checkpoint; start the run without --resume.")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports and removes
+        for ckpt, problem in damaged:
+            print(f"yunque: checkpoint {ckpt} is unusable ({problem}); discarded it, resuming from {resume_from.name}", file=sys.stderr)
+            discard_checkpoint(ckpt)
     if not resume and latest_checkpoint(ckpt_root) is not None:
         raise YunqueError(f"{out} already holds a training run; pass --resume to continue it or choose another --out.")
 
@@ -403,6 +409,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
     family_of(mcfg)  # checkpoints are Hugging Face directories: refuse a model no family can express
     if resume_from is not None:
         saved = read_state(resume_from)
+        if cfg.max_steps is not None and cfg.max_steps < saved["step"]:
+            raise YunqueError(f"The run in {out} is already at step {saved['step']}; pass a larger --max-steps to train further.")
         if saved["tokenizer_fingerprint"] != fingerprint:
             raise YunqueError(
                 f"The data in {cfg.data} was made with a different tokenizer than the checkpoint in {resume_from}; "

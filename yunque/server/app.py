@@ -6,18 +6,21 @@ thin: they parse a request, ask `generation`/`store` for the work, and shape the
 
 from __future__ import annotations
 
+import errno
 import functools
 import hmac
 import logging
 import os
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from yunque.errors import YunqueError
 from yunque.server import ollama_api, openai_api
 from yunque.server.errors import APIError, error_response, install_error_handlers
 from yunque.server.manager import ModelManager
@@ -84,6 +87,22 @@ def create_app(manager: ModelManager | None = None, api_key: str | None = None) 
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` and listening, or one YunqueError sentence saying why it cannot be."""
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 (a host name resolves to it).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # still refuses a port another socket listens on
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise YunqueError(f"port {port} on {host} is in use (another server, perhaps yunque serve, listens there); stop it or pass --port with a free port.") from None
+        raise YunqueError(f"Cannot listen on {host}:{port} ({e.strerror}); pass another --host or --port.") from None
+    return sock
+
+
 def serve(
     host: str,
     port: int,
@@ -92,16 +111,25 @@ def serve(
     max_loaded: int = 3,
     max_batch: int = 32,
     max_queue: int = 256,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Run the server until interrupted; refuses a non-loopback address without an API key.
 
     Each loaded model decodes up to `max_batch` requests together and queues `max_queue` more;
-    beyond that, requests get a 503.
+    beyond that, requests get a 503. The port is bound before anything else (a busy one is a
+    YunqueError), then `on_listening` is called and uvicorn serves on that very socket.
     """
     import uvicorn
 
     require_key_for(host, api_key)
-    logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue)
-    app = create_app(ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded), api_key)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    sock = listen(host, port)
+    try:
+        logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue)
+        app = create_app(ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded), api_key)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        if on_listening:
+            on_listening()
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -26,13 +26,16 @@ class Runner:
 
         A text longer than the context is cut to its first tokens when `truncate`, else refused.
         """
-        from yunque.embeddings import embed
+        from yunque.embeddings import embed_ids, encode_texts
 
         if not texts or any(not t for t in texts):
             raise APIError(400, "input must be a non-empty string or a list of non-empty strings", param="input")
-        n_tokens = sum(min(len(self.tokenizer.encode(t)), self.context_length) for t in texts)
-        vectors = await asyncio.to_thread(embed, self.model, self.tokenizer, texts, truncate=truncate)
-        return vectors.tolist(), n_tokens
+
+        def work() -> tuple[list[list[float]], int]:
+            ids = encode_texts(self.tokenizer, texts, self.context_length, truncate=truncate)  # once: embedded and counted
+            return embed_ids(self.model, ids).tolist(), sum(len(t) for t in ids)
+
+        return await asyncio.to_thread(work)
 
 
 def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
@@ -43,10 +46,12 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     from yunque.scheduler import Engine
     from yunque.tokenizer import Tokenizer
 
+    # The tokenizer first: a model it cannot serve fails in milliseconds, not after its weights load.
+    # (engine.load reads them the other way round, so it is not reused here.)
+    tokenizer = Tokenizer.from_pretrained(entry.path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
-    tokenizer = Tokenizer.from_pretrained(entry.path)
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
