@@ -74,9 +74,28 @@ def check_value(name: str, value: Any, annotation: Any, what: str) -> None:
         raise YunqueError(f"Invalid {what}: {name} must be {_type_name(annotation)}, got {value!r}.")
 
 
+class _DictConfig:
+    """to_dict / from_dict for the config dataclasses; `_what` names the config in errors."""
+
+    _what = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise YunqueError(f"Unknown {cls._what} field(s): {', '.join(unknown)}; known fields are {', '.join(sorted(names))}.")
+        return cls(**d)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_DictConfig):
     """Shape and flavour of a decoder-only Transformer."""
+
+    _what = "model config"  # a plain class attribute, not a field
 
     vocab_size: int = 50257
     n_layer: int = 12
@@ -153,17 +172,6 @@ class ModelConfig:
     def is_moe(self) -> bool:
         return self.n_experts > 1
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise YunqueError(f"Unknown model config field(s): {', '.join(unknown)}; known fields are {', '.join(sorted(names))}.")
-        return cls(**d)
-
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
@@ -203,13 +211,15 @@ Schedule = Literal["cosine", "wsd", "constant"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_DictConfig):
     """One pretraining run: data, model shape, optimizer, schedule, evaluation and checkpoints.
 
     A TOML file holds these fields at top level and model overrides in a `[model]` table;
     command-line flags override the file. `batch_size` is per process and micro-step, so
     the global batch is batch_size × grad_accum × processes.
     """
+
+    _what = "training config"
 
     data: str = ""
     out: str = "runs/train"
@@ -296,17 +306,6 @@ class TrainConfig:
             return self.warmup_steps
         total = self.decay_steps or self.max_steps
         return min(100, total // 10) if total else 100
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise YunqueError(f"Unknown training config field(s): {', '.join(unknown)}; known fields are {', '.join(sorted(names))}.")
-        return cls(**d)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
