@@ -80,24 +80,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy the weights of the Hugging Face directory `path` into `model`'s parameters, in place.
+    """Copy the weights of checkpoint `path` into `model` in place (no second model is built)."""
+    from yunque.hf import load_weights_into
 
-    The safetensors tensors go through yunque.hf's name mapping for the model's family straight
-    into the existing parameters: no second model is built. The directory must have been saved
-    from a model of the same config (a checkpoint of this run).
-    """
-    from yunque.hf import _OPS, FAMILIES, _plan, family_of, read_tensors, weight_files
-
-    tensors = read_tensors(weight_files(path))
-    params = dict(model.named_parameters())  # tied weights appear once
-    plan = _plan(list(params), model.config, FAMILIES[family_of(model.config)])
-    missing = [s for groups, _, _ in plan.values() for g in groups for s in g if s not in tensors]
-    if missing:
-        raise YunqueError(f"Checkpoint {path} lacks tensor {missing[0]}; it was not saved from this model, so resume from another checkpoint.")
-    with torch.no_grad():
-        for name, (groups, op, stacked) in plan.items():
-            parts = [_OPS[op][0]([tensors[s] for s in g]) for g in groups]
-            params[name].copy_(torch.stack(parts) if stacked else parts[0])
+    load_weights_into(model, path)
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

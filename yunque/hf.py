@@ -334,13 +334,22 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
     """A `Transformer` with the weights of a Hugging Face directory (see the module docstring)."""
     from yunque.model import Transformer
 
-    hf = read_hf_config(path)
-    config = config_from_hf(hf)
-    fam = FAMILIES[hf["model_type"]]
+    model = Transformer(config_from_hf(read_hf_config(path)))
+    load_weights_into(model, path)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_weights_into(model, path: str | Path) -> None:
+    """Copy the weights of the Hugging Face directory `path` into `model`'s parameters, in place.
+
+    The tensors go through the family's name mapping; missing, misshapen and unexpected tensors
+    are each one clear error, raised before any parameter changes.
+    """
+    config = model.config
+    fam = FAMILIES[family_of(config)]
     tensors = read_tensors(weight_files(path))
     if not any(k.startswith(fam.prefix) for k in tensors):  # e.g. GPT-2's own checkpoint: "h.0..." not "transformer.h.0..."
         tensors = {(k if k.startswith("lm_head.") else fam.prefix + k): v for k, v in tensors.items()}
-    model = Transformer(config)
     params = dict(model.named_parameters())  # tied weights appear once (as tok_emb.weight)
     state, missing, wrong = {}, [], []
     for name, (groups, op, stacked) in _plan(list(params), config, fam).items():
@@ -363,8 +372,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
         raise YunqueError(f"Checkpoint {path} has tensor(s) of the wrong shape: {_names_list(wrong)}; it does not match its config.json.")
     if extra:
         raise YunqueError(f"Checkpoint {path} has unexpected tensor(s) {_names_list(extra)}; it does not match its config.json.")
-    model.load_state_dict(state, strict=False)
-    return model.to(device=device, dtype=dtype).eval()
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
 
 
 # ----------------------------------------------------------------------------- writing
