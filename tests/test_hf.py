@@ -242,3 +242,14 @@ def test_gpt2_checkpoint_in_openai_layout_loads(tmp_path):
     idx = random_batches(101)[0]
     with torch.no_grad():
         assert_logits_close(ours(idx), theirs(idx).logits)
+
+
+@pytest.mark.parametrize(
+    "model_type, key, value",
+    [("gpt2", "activation_function", "relu"), ("gpt2", "scale_attn_by_inverse_layer_idx", True), ("llama", "hidden_act", "gelu")],
+)
+def test_unsupported_computation_settings_are_refused_by_name(model_type, key, value):
+    from yunque.hf import config_from_hf
+
+    with pytest.raises(YunqueError, match=key):
+        config_from_hf({"model_type": model_type, key: value})

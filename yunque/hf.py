@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,6 +121,8 @@ class Family:
     matches: Callable[[ModelConfig], bool]  # can this family express the config exactly?
     prefix: str  # base-model prefix that some checkpoints (GPT-2's own) leave out
     ignored: tuple[str, ...] = ()  # checkpoint tensors that are not weights (regexes)
+    # config.json keys whose value yunque's model must match (the first allowed value is the default)
+    required: dict[str, tuple[Any, ...]] = field(default_factory=lambda: {"hidden_act": ("silu",)})
 
 
 _LLAMA_FIELDS = dict(
@@ -155,6 +157,8 @@ FAMILIES: dict[str, Family] = {
         and c.n_kv_head == c.n_head and c.head_dim * c.n_head == c.d_model,
         prefix="transformer.",
         ignored=(r"\.attn\.bias$", r"\.attn\.masked_bias$"),  # causal-mask buffers in old GPT-2 checkpoints
+        required={"activation_function": ("gelu_new", "gelu_pytorch_tanh"), "scale_attn_weights": (True,),
+                  "scale_attn_by_inverse_layer_idx": (False,)},
     ),
     "mixtral": Family(
         architecture="MixtralForCausalLM",
@@ -204,7 +208,6 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 SUPPORTED = ", ".join(sorted(FAMILIES))
-_ACTIVATIONS_OK = {"gpt2": ("activation_function", ("gelu_new", "gelu_pytorch_tanh")), "default": ("hidden_act", ("silu",))}
 
 
 def family_of(config: ModelConfig) -> str:
@@ -224,11 +227,10 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     if model_type not in FAMILIES:
         raise YunqueError(f"Unsupported model_type {model_type!r}; yunque loads {SUPPORTED}.")
     fam = FAMILIES[model_type]
-    key, allowed = _ACTIVATIONS_OK.get(model_type, _ACTIVATIONS_OK["default"])
-    if hf.get(key, allowed[0]) not in allowed:
-        raise YunqueError(f"This {model_type} checkpoint uses {key}={hf[key]!r}; yunque supports {', '.join(allowed)}.")
-    if model_type == "gpt2" and (hf.get("scale_attn_by_inverse_layer_idx") or not hf.get("scale_attn_weights", True)):
-        raise YunqueError("This GPT-2 checkpoint scales attention scores unusually (by layer index, or not at all), which yunque does not support.")
+    for key, allowed in fam.required.items():
+        if hf.get(key, allowed[0]) not in allowed:
+            supported = " or ".join(repr(a) for a in allowed)
+            raise YunqueError(f"This {model_type} checkpoint has {key}={hf[key]!r}, which yunque does not support (it needs {supported}).")
     values = {field: hf.get(key, fam.defaults.get(key)) for field, key in fam.fields.items()}
     values = {k: v for k, v in values.items() if v is not None or k in ("sliding_window", "bos_token_id", "eos_token_id")}
     values.update(fam.fixed)
