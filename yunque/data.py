@@ -34,8 +34,6 @@ from yunque.fsutil import atomic_dir, write_text_atomic
 if TYPE_CHECKING:
     import torch
 
-    from yunque.tokenizer import Tokenizer
-
 FORMAT = "yunque-token-shards"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
