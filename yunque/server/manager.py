@@ -17,9 +17,11 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from yunque import store
+
+T = TypeVar("T")
 from yunque.server.errors import ModelNotFound
 from yunque.server.runner import Runner
 from yunque.server.settings import DEFAULT_KEEP_ALIVE
@@ -88,6 +90,15 @@ class ModelManager:
     def running(self) -> list[LoadedModel]:
         """Loaded models, the most recently used first."""
         return sorted(self._models.values(), key=lambda m: m.last_used, reverse=True)
+
+    async def acquire_for(self, name: str, build: Callable[[LoadedModel], T], keep_alive: float | None = None) -> tuple[LoadedModel, float, T]:
+        """`acquire`, then `build(lm)` (render and encode the request); the model is released if building fails."""
+        lm, load_seconds = await self.acquire(name, keep_alive)
+        try:
+            return lm, load_seconds, build(lm)
+        except BaseException:
+            self.release(lm)
+            raise
 
     def get_loaded(self, name: str) -> LoadedModel | None:
         return self._models.get(str(store.parse_name(name)))

@@ -255,20 +255,18 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         return await _load_or_unload(request, body.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
     options = gen.check_options(body.options)
     json_format = gen.is_json_format(body.format)
-    manager = _manager(request)
-    lm, load_seconds = await manager.acquire(body.model, keep_alive)
-    try:
+
+    def build(lm: LoadedModel) -> gen.Prepared:
         settings = gen.settings_for(lm.entry, template=body.template)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         ids = gen.encode(lm.runner, settings.render(messages, tools=body.tools))
-        params = gen.ollama_params(lm.runner, settings, options, len(ids))
-    except BaseException:
-        manager.release(lm)
-        raise
+        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids)), json_format)
+
+    lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     return await _answer(
         request,
         lm,
-        gen.Prepared(ids, params, json_format),
+        prepared,
         body.stream,
         lambda text: {"message": {"role": "assistant", "content": text}},
         lambda outcome: {},
@@ -285,23 +283,21 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         return await _load_or_unload(request, body.model, keep_alive, {"response": ""})
     options = gen.check_options(body.options)
     json_format = gen.is_json_format(body.format)
-    manager = _manager(request)
-    lm, load_seconds = await manager.acquire(body.model, keep_alive)
-    try:
+
+    def build(lm: LoadedModel) -> gen.Prepared:
         settings = gen.settings_for(lm.entry, system=body.system, template=body.template)
         text = body.prompt if body.raw else settings.render([{"role": "user", "content": body.prompt}])
         ids = list(body.context or []) + gen.encode(lm.runner, text)
-        params = gen.ollama_params(lm.runner, settings, options, len(ids))
-    except BaseException:
-        manager.release(lm)
-        raise
+        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids)), json_format)
+
+    lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     return await _answer(
         request,
         lm,
-        gen.Prepared(ids, params, json_format),
+        prepared,
         body.stream,
         lambda text: {"response": text},
-        lambda outcome: {"context": ids + outcome.ids},
+        lambda outcome: {"context": prepared.ids + outcome.ids},
         load_seconds,
         started,
     )

@@ -114,15 +114,14 @@ def _usage(outcome: gen.Outcome) -> dict[str, int]:
 
 async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], str], json_format: bool) -> tuple[LoadedModel, gen.Prepared]:
     body.check()
-    manager = request.app.state.manager
-    lm, _ = await manager.acquire(body.model)
-    try:
+
+    def build(lm: LoadedModel) -> gen.Prepared:
         settings = gen.settings_for(lm.entry)
         ids = gen.encode(lm.runner, render(lm))
-        return lm, gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids)), json_format)
-    except BaseException:
-        manager.release(lm)
-        raise
+        return gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids)), json_format)
+
+    lm, _, prepared = await request.app.state.manager.acquire_for(body.model, build)
+    return lm, prepared
 
 
 async def _respond(
