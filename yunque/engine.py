@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from yunque.errors import YunqueError
-from yunque.layout import tune_weight_order
+from yunque.matmul import tune_products
 from yunque.model import KVCache, Transformer
 from yunque.sampling import SamplingBatch, SamplingParams, make_generator, sample
 from yunque.textstream import TextStream
@@ -130,7 +130,7 @@ class Batch:
 
     def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None) -> None:
         self.model = model
-        tune_weight_order(model)  # once per model: the weight memory order the CPU streams fastest
+        tune_products(model)  # once per model: how this CPU's BLAS multiplies a few rows fastest
         self.cache = model.make_cache(n_slots, max_len)
         self.max_len = self.cache.max_len
         self.device = model.tok_emb.weight.device

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from yunque.config import ModelConfig
 from yunque.errors import YunqueError
+from yunque.matmul import Linear
 
 
 # MLP activations as data: (how many d_ff-wide halves the input projection produces, activation).
@@ -128,8 +129,8 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         # One fused matmul for [q; k; v]; its output viewed as (n_head + 2 * n_kv_head) heads.
-        self.qkv = nn.Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
-        self.out = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
+        self.qkv = Linear(config.d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
+        self.out = Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, step: _Step, layer: int) -> Tensor:
@@ -195,8 +196,8 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         halves, self.act = _ACTIVATIONS[config.mlp]
-        self.fc = nn.Linear(config.d_model, halves * config.d_ff, bias=config.mlp_bias)
-        self.proj = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+        self.fc = Linear(config.d_model, halves * config.d_ff, bias=config.mlp_bias)
+        self.proj = Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
         self.dropout = _dropout(config.dropout)
 
     def forward(self, x: Tensor, step: _Step) -> Tensor:
@@ -211,7 +212,7 @@ class MoE(nn.Module):
         halves, self.act = _ACTIVATIONS[config.mlp]
         E, d, f = config.n_experts, config.d_model, config.d_ff
         self.top_k = config.n_experts_per_tok
-        self.router = nn.Linear(d, E, bias=False)
+        self.router = Linear(d, E, bias=False)
         # Experts stacked in two tensors (as transformers 5 keeps them): w_in[e] is expert e's
         # fused input projection (out, in), w_out[e] its down projection.
         self.w_in = nn.Parameter(torch.empty(E, halves * f, d))
@@ -266,7 +267,7 @@ class Transformer(nn.Module):
         self.emb_dropout = _dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.norm_f = _NORMS[config.norm](config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.positions == "rope":
