@@ -128,3 +128,22 @@ def test_a_zero_exponential_draw_never_picks_a_filtered_token(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
     for _ in range(3):
         assert int(sample(logits, batch_of(SamplingParams(top_k=1, temperature=1.0)))) == 0
+
+
+def test_seeded_top_k_row_does_not_depend_on_its_batch_mates_top_k():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 500)
+    alone = batch_of(SamplingParams(seed=5, top_k=5))
+    a = [int(sample(logits, alone)) for _ in range(20)]
+    mixed = batch_of(SamplingParams(top_k=50), SamplingParams(seed=5, top_k=5), SamplingParams(top_p=0.5))
+    b = [int(sample(logits.expand(3, -1), mixed)[1]) for _ in range(20)]
+    assert a == b and len(set(a)) > 1
+
+
+def test_unseeded_top_k_top_p_draws_follow_the_renormalised_candidates():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]])).expand(2000, -1)
+    ids = sample(logits, batch_of(*[SamplingParams(top_k=3, top_p=0.8)] * 2000))
+    freq = torch.bincount(ids, minlength=4).float() / 2000
+    # top-k 3 keeps 0.4/0.3/0.2; top-p 0.8 keeps ranks whose preceding mass is below 0.8: all three.
+    assert torch.allclose(freq, torch.tensor([4 / 9, 3 / 9, 2 / 9, 0.0]), atol=0.04)

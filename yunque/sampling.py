@@ -103,6 +103,9 @@ class SamplingBatch:
         self.params, self.generators = list(params), list(generators)
         self.all_greedy = all(p.is_greedy for p in params)
         self.penalized = any(p.has_penalties for p in params)
+        self.repeats = any(p.repetition_penalty != 1.0 for p in params)
+        self.counts_output = any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params)
+        self.any_greedy = any(p.is_greedy for p in params)
 
         def col(values: Iterable[float]) -> Tensor:
             return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
@@ -125,10 +128,19 @@ class SamplingBatch:
 
 
 def apply_penalties(logits: Tensor, seen: Tensor, counts: Tensor, batch: SamplingBatch) -> Tensor:
-    """Repetition penalty on tokens in `seen` (B, V) bool; frequency/presence on output `counts` (B, V)."""
-    penalized = torch.where(logits > 0, logits / batch.repetition, logits * batch.repetition)
-    logits = torch.where(seen, penalized, logits)
-    return logits - batch.frequency * counts - batch.presence * (counts > 0).to(logits.dtype)
+    """Repetition penalty on tokens in `seen` (B, V) bool; frequency/presence on output `counts` (B, V).
+
+    The repetition penalty touches only the seen entries (a few hundred of the vocabulary per
+    row), so it is applied to those alone rather than by whole-vocabulary passes.
+    """
+    logits = logits.clone()
+    if batch.repeats:
+        old = logits[seen]
+        rep = batch.repetition.expand_as(logits)[seen]
+        logits[seen] = torch.where(old > 0, old / rep, old * rep)
+    if batch.counts_output:
+        logits -= batch.frequency * counts + batch.presence * (counts > 0).to(logits.dtype)
+    return logits
 
 
 def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, counts: Tensor | None = None) -> Tensor:
@@ -139,27 +151,48 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
     if batch.all_greedy:
         return logits.argmax(dim=-1)
     probs = (logits / batch.temperature).softmax(dim=-1)
-    if batch.needs_sort:
+    if not batch.needs_sort:
+        if batch.needs_min_p:
+            probs = probs.masked_fill(probs < batch.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+        drawn = _race(probs, batch)
+    else:
+        # Everything after the ranking happens among the candidates (k of them with a top-k),
+        # not over the vocabulary: the filters, the noise and the draw.
         if batch.sort_k is not None and batch.sort_k < probs.shape[-1]:
             sorted_probs, order = probs.topk(batch.sort_k, dim=-1)  # largest first, as the sort's head
         else:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
         rank = torch.arange(sorted_probs.shape[-1], device=probs.device)[None, :]
         # top-k keeps ranks below k (k == 0: all); top-p keeps a token while the mass before it is below p,
-        # so the most likely token always survives.
+        # so the most likely token always survives; min-p compares with the top probability (rank 0).
         drop = (batch.top_k > 0) & (rank >= batch.top_k)
         drop |= (sorted_probs.cumsum(dim=-1) - sorted_probs) >= batch.top_p
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs.masked_fill(drop, 0.0))
-    if batch.needs_min_p:
-        probs = probs.masked_fill(probs < batch.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-    # Exponential-race draw: argmax(p / E) with E ~ Exp(1) picks token i with probability p_i / sum(p),
-    # so filtered distributions need no renormalising, and each row can use its own generator.
+        if batch.needs_min_p:
+            drop |= sorted_probs < batch.min_p * sorted_probs[:, :1]
+        kept = sorted_probs.masked_fill(drop, 0.0)
+        drawn = order.gather(-1, _race(kept, batch, order, probs.shape[-1])[:, None]).squeeze(-1)
+    return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn) if batch.any_greedy else drawn
+
+
+def _race(probs: Tensor, batch: SamplingBatch, order: Tensor | None = None, vocab_size: int = 0) -> Tensor:
+    """Exponential-race draw: argmax(p / E) with E ~ Exp(1) picks column i with probability p_i / sum(p),
+    so filtered distributions need no renormalising, and each row can use its own generator.
+
+    A seeded row draws one E per vocabulary entry from its own generator and reads it by token id
+    (through `order` when the columns are ranked candidates), so its tokens depend only on its seed
+    and its logits, not on which rows share the batch. Unseeded rows share one draw per column.
+    """
     noise = torch.empty_like(probs)
     if batch.seeded:
         for i, gen in enumerate(batch.generators):
-            noise[i].exponential_(generator=gen)
+            if gen is None:
+                noise[i].exponential_()
+            elif order is None:
+                noise[i].exponential_(generator=gen)
+            else:
+                per_token = torch.empty(vocab_size, device=probs.device).exponential_(generator=gen)
+                noise[i] = per_token[order[i]]
     else:
-        noise.exponential_()  # no row has its own stream: one draw for the batch
+        noise.exponential_()
     # An exponential draw can be exactly 0; 0/0 would be NaN, which argmax picks, so keep it positive.
-    drawn = (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
-    return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn)
+    return (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
