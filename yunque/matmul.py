@@ -11,6 +11,7 @@ Weights, shapes and values stay as they are; only the call into the BLAS changes
 
 from __future__ import annotations
 
+import functools
 import time
 import weakref
 from dataclasses import dataclass
@@ -39,13 +40,19 @@ class ProductPlan:
             return F.linear(x, weight, bias)
         rows = x.reshape(n, x.shape[-1])
         if p > n:
-            rows = F.pad(rows, (0, 0, 0, p - n))
+            rows = torch.cat((rows, _zeros(p - n, x.shape[-1], x.dtype, x.device)))
         y = torch.mm(weight, rows.t()).t()[:n]
         # Back to row-major: attention kernels and views downstream expect contiguous rows.
         y = y.contiguous()
         if bias is not None:
             y = y + bias
         return y.view(*x.shape[:-1], weight.shape[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Padding rows, shared and never written (a fresh pad would cost an allocation per product)."""
+    return torch.zeros(rows, cols, dtype=dtype, device=device)
 
 
 class Linear(nn.Linear):
