@@ -10,9 +10,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first, pinned to the CPU wheel, so nothing later pulls a multi-GB CUDA build.
+# torch first, pinned, so nothing later pulls another build. TORCH_INDEX says where from: empty
+# (the default) leaves it to pip's configuration; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the CPU-only build where PyPI would serve the multi-GB CUDA one (Linux without a GPU).
+TORCH_INDEX ?=
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
