@@ -28,6 +28,7 @@ from torch import Tensor
 from yunque.config import ModelConfig
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_file, write_text_atomic
+from yunque.hfdir import read_config, weight_files
 
 # ----------------------------------------------------------------------------- tensors
 # Operations that turn the HF tensors of one yunque parameter into it (load) and back (save).
@@ -255,41 +256,6 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_hf_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_file():
-        raise YunqueError(f"{path} is a file, not a model directory; give the directory that holds config.json and the safetensors weights.")
-    if not path.is_dir():
-        raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json and safetensors weights.")
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise YunqueError(f"{path} has no config.json; a Hugging Face model directory needs config.json and *.safetensors.")
-    try:
-        return json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise YunqueError(f"{cfg_file} is not valid JSON ({e}); restore or re-export the model.") from None
-
-
-def weight_files(path: str | Path) -> list[Path]:
-    """The safetensors files of a model directory: model.safetensors, or the shards its index names."""
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, AttributeError, UnicodeDecodeError):
-            raise YunqueError(f"{index} is corrupt (no readable weight_map); re-export the model.") from None
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise YunqueError(f"Shard(s) {', '.join(missing)} listed in {index.name} are missing from {path}; copy the whole model directory.")
-        return [path / n for n in names]
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
-        raise YunqueError(f"{path} holds only pickle weights (*.bin/*.pt), which yunque never loads; convert them to safetensors first.")
-    raise YunqueError(f"{path} has no model.safetensors or model.safetensors.index.json; a model directory needs safetensors weights.")
-
-
 def _open(file: Path):
     try:
         return safe_open(str(file), framework="pt")
@@ -336,7 +302,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device
     """A `Transformer` with the weights of a Hugging Face directory (see the module docstring)."""
     from yunque.model import Transformer
 
-    model = Transformer(config_from_hf(read_hf_config(path)))
+    model = Transformer(config_from_hf(read_config(path)))
     load_weights_into(model, path)
     return model.to(device=device, dtype=dtype).eval()
 
@@ -418,7 +384,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     """What a model directory holds, read from config.json and the safetensors headers only."""
     from yunque.model import Transformer
 
-    hf = read_hf_config(path)
+    hf = read_config(path)
     config = config_from_hf(hf)
     files = weight_files(path)
     dtypes: dict[str, int] = {}
