@@ -104,7 +104,11 @@ def test_import_copies_files_and_records_digest(hf_dir: Path) -> None:
 def test_import_sharded_checkpoint(tmp_path: Path) -> None:
     src = make_hf_dir(tmp_path / "sharded", shards=2)
     entry = store.import_model(src, "ns/sharded:v1")
-    assert len(list(entry.path.glob("*.safetensors"))) == 2
+    shards = sorted(entry.path.glob("model-*.safetensors"))
+    assert len(shards) == 2
+    listing = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in shards)
+    assert entry.digest == "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+    assert entry.details["parameter_count"] == 2 * 64 * 8
     (src / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(YunqueError, match="missing weight shard"):
         store.import_model(src, "broken")
@@ -112,7 +116,7 @@ def test_import_sharded_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "remove, message",
-    [("config.json", "config.json is missing"), ("model.safetensors", "no \\*.safetensors"), ("tokenizer.json", "no tokenizer")],
+    [("config.json", "has no config.json"), ("model.safetensors", "has no safetensors weights"), ("tokenizer.json", "no tokenizer")],
 )
 def test_import_validates_the_source(hf_dir: Path, remove: str, message: str) -> None:
     (hf_dir / remove).unlink()
@@ -122,8 +126,10 @@ def test_import_validates_the_source(hf_dir: Path, remove: str, message: str) ->
 
 
 def test_import_rejects_missing_dir_and_bad_config(tmp_path: Path, hf_dir: Path) -> None:
-    with pytest.raises(YunqueError, match="not a directory"):
+    with pytest.raises(YunqueError, match="does not exist"):
         store.import_model(tmp_path / "nope", "tiny")
+    with pytest.raises(YunqueError, match="is a file, not a model directory"):
+        store.import_model(hf_dir / "config.json", "tiny")
     (hf_dir / "config.json").write_text("{not json")
     with pytest.raises(YunqueError, match="not valid JSON"):
         store.import_model(hf_dir, "tiny")
@@ -194,7 +200,7 @@ def test_create_from_a_directory_relative_to_the_modelfile(tmp_path: Path, hf_di
     assert entry.settings.parameters == {"seed": 7}
     with pytest.raises(YunqueError, match="not in the store"):
         store.create("x", "FROM missing\n", base_dir=tmp_path)
-    with pytest.raises(YunqueError, match="not a directory"):
+    with pytest.raises(YunqueError, match="does not exist"):
         store.create("x", "FROM ./missing\n", base_dir=tmp_path)
     with pytest.raises(YunqueError, match="GGUF"):
         store.create("x", "FROM ./model.Q4_K_M.gguf\n", base_dir=tmp_path)
@@ -278,7 +284,7 @@ def test_cli_store_verbs(tmp_path: Path, hf_dir: Path, monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["import", "nowhere", "x"], "not a directory"),
+        (["import", "nowhere", "x"], "Model directory nowhere does not exist"),
         (["create", "x", "-f", "missing"], "Cannot read the Modelfile"),
         (["cp", "a", "../b"], "Invalid model name"),
         (["show", "x", "--system", "--license"], "at most one"),

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Callable
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
+from yunque.hfdir import PICKLE_SUFFIXES, header_stats, read_config, read_json, weight_files
 from yunque.modelfile import Modelfile, parse_modelfile
 
 SETTINGS_FILE = "modelfile.json"
@@ -42,8 +42,6 @@ DEFAULT_TAG = "latest"
 # then letters, digits, "_", "-" and "."; a tag may also start with "_".
 _PART = re.compile(r"[a-z0-9][a-z0-9_.-]{0,79}")
 _TAG = re.compile(r"[a-z0-9_][a-z0-9_.-]{0,79}")
-# Files that may run code when loaded are never taken into the store.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # What `Tokenizer.from_pretrained` reads (a SentencePiece tokenizer.model is not among them).
 _TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"))
 
@@ -119,7 +117,7 @@ class ModelEntry:
 
     @property
     def config(self) -> dict[str, Any]:
-        return _read_json(self.path / "config.json")
+        return read_config(self.path)
 
     @property
     def short_id(self) -> str:
@@ -138,24 +136,8 @@ class ModelEntry:
         }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise YunqueError(f"{path} is missing; the model directory is incomplete.") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise YunqueError(f"{path} is not valid JSON ({e}); fix or replace the file.") from None
-    if not isinstance(data, dict):
-        raise YunqueError(f"{path} must hold a JSON object; fix or replace the file.")
-    return data
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _weight_files(model_dir: Path) -> list[Path]:
-    return sorted(p for p in model_dir.glob("*.safetensors") if p.is_file())
 
 
 def validate_model_dir(src: str | os.PathLike) -> Path:
@@ -168,25 +150,13 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
     path = Path(src).expanduser()
     if path.suffix.lower() == ".gguf":
         raise YunqueError(f"{src} is a GGUF file, which yunque does not load; use the model's Hugging Face directory (config.json + *.safetensors).")
-    if not path.is_dir():
-        raise YunqueError(f"{src} is not a directory; give the path of a Hugging Face model directory.")
-    config = _read_json(path / "config.json")
-    if not _weight_files(path):
-        pickles = [p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES]
-        hint = f" (found {', '.join(pickles[:3])}: pickled weights are not accepted, convert them to safetensors)" if pickles else ""
-        raise YunqueError(f"{src} has no *.safetensors weights{hint}; export the model in safetensors format first.")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(_read_json(index).get("weight_map", {}).values())
-        missing = sorted(s for s in shards if not (path / s).is_file())
-        if missing:
-            raise YunqueError(f"{src} is missing weight shard(s) {', '.join(missing)} named by model.safetensors.index.json; download them again.")
+    config = read_config(path)
+    header_stats(path)  # the weight files are all there, and a damaged header is named by its source path
     if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
         raise YunqueError(f"{src} has no tokenizer yunque reads (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe); save the tokenizer into the model directory.")
     from yunque.hf import config_from_hf  # imports torch: only paid when a directory is checked
 
     config_from_hf(config)
-    _safetensors_stats(path)  # a damaged header is named by its source path, before anything is copied
     return path.resolve()
 
 
@@ -199,32 +169,13 @@ def _sha256(path: Path) -> str:
 
 
 def weights_digest(model_dir: Path) -> str:
-    """sha256 of the `sha256sum`-style listing of the weight files (`<hex>  <name>` lines, by name).
+    """sha256 of the `sha256sum`-style listing of the model's weight files (`<hex>  <name>` lines, by name).
 
-    So `sha256sum *.safetensors | sha256sum` (C locale) in the directory gives the same hex.
+    The files are model.safetensors or the shards its index names (`hfdir.weight_files`), so
+    `sha256sum model*.safetensors | sha256sum` (C locale) in a usual directory gives the same hex.
     """
-    listing = "".join(f"{_sha256(p)}  {p.name}\n" for p in _weight_files(model_dir))
+    listing = "".join(f"{_sha256(p)}  {p.name}\n" for p in weight_files(model_dir))
     return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
-
-
-def _safetensors_stats(model_dir: Path) -> tuple[int, str]:
-    """(parameter count, dtypes) read from the safetensors headers alone; no weights are loaded."""
-    count, dtypes = 0, set()
-    for p in _weight_files(model_dir):
-        with open(p, "rb") as f:
-            try:
-                (n,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(n))
-            except (struct.error, ValueError, UnicodeDecodeError):
-                raise YunqueError(f"{p} is not a valid safetensors file; export the weights again.") from None
-        for key, info in header.items():
-            if key != "__metadata__":
-                numel = 1
-                for d in info["shape"]:
-                    numel *= d
-                count += numel
-                dtypes.add(info["dtype"])
-    return count, "/".join(sorted(dtypes))
 
 
 # config.json keys for the same quantity differ by family (GPT-2 names first, then Llama's).
@@ -233,8 +184,8 @@ _EMBEDDING_KEYS = ("n_embd", "hidden_size", "d_model")
 
 
 def _details(model_dir: Path, parent: str | None) -> dict[str, Any]:
-    config = _read_json(model_dir / "config.json")
-    count, dtypes = _safetensors_stats(model_dir)
+    config = read_config(model_dir)
+    count, dtypes = header_stats(model_dir)
     return {
         "parent_model": parent or "",
         "format": "safetensors",
@@ -267,7 +218,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _importable(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix not in _PICKLE_SUFFIXES and path.name != SETTINGS_FILE
+    """Files that may run code when loaded (pickles) are never taken into the store."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix not in PICKLE_SUFFIXES and path.name != SETTINGS_FILE
 
 
 def _write_entry(dest: ModelName, fill: Callable[[Path], None], settings: Modelfile, digest: str | None, parent: str | None) -> ModelEntry:
@@ -324,7 +276,7 @@ def _link_files(src: Path, tmp: Path) -> None:
 
 
 def _load_entry(name: ModelName, path: Path) -> ModelEntry:
-    data = _read_json(path / SETTINGS_FILE)
+    data = read_json(path / SETTINGS_FILE)
     try:
         settings = Modelfile.from_dict(data)
     except KeyError:
