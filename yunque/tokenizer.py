@@ -30,6 +30,7 @@ import tiktoken
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
+from yunque.hfdir import read_json
 
 # GPT-4's (cl100k) split pattern, in the form both tiktoken (fancy-regex) and tokenizers
 # (Oniguruma) read the same way: no possessive quantifiers and no `$`, whose meaning differs
@@ -208,7 +209,7 @@ class Tokenizer:
             return cls._from_tokenizer_json(path, {})
         if (path / "tokenizer.json").is_file():
             config_path = path / "tokenizer_config.json"
-            config = _read_json(config_path) if config_path.is_file() else {}
+            config = read_json(config_path) if config_path.is_file() else {}
             return cls._from_tokenizer_json(path / "tokenizer.json", config)
         for vocab_name, merges_name in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
             if (path / vocab_name).is_file() and (path / merges_name).is_file():
@@ -219,7 +220,7 @@ class Tokenizer:
 
     @classmethod
     def _from_tokenizer_json(cls, file: Path, config: dict) -> Tokenizer:
-        data = _read_json(file)
+        data = read_json(file)
         model = data.get("model") or {}
         if model.get("type") != "BPE":
             raise YunqueError(
@@ -256,7 +257,7 @@ class Tokenizer:
 
     @classmethod
     def _from_gpt2_files(cls, vocab_file: Path, merges_file: Path) -> Tokenizer:
-        vocab = _read_json(vocab_file)
+        vocab = read_json(vocab_file)
         lines = merges_file.read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         if any(len(m) != 2 for m in merges):
@@ -527,16 +528,6 @@ def _token_name(value) -> str | None:
 def _max_length(value) -> int | None:
     # transformers writes a huge sentinel (1e30) when the length is unknown.
     return value if isinstance(value, int) and 0 < value < 10**9 else None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise YunqueError(f"{path} is not valid JSON ({e.__class__.__name__}); the tokenizer file is damaged.") from None
-    if not isinstance(data, dict):
-        raise YunqueError(f"{path} does not hold a JSON object; the tokenizer file is damaged.")
-    return data
 
 
 def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
