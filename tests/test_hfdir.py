@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from yunque.errors import YunqueError
-from yunque.hfdir import header_stats, read_config, read_json, weight_files
+from yunque.hfdir import dtype_counts, header_stats, read_config, read_json, weight_files
 
 
 def _shards(path: Path, names: dict[str, str]) -> None:
@@ -89,13 +89,16 @@ def test_pickle_only_directory_is_refused_by_name(tmp_path: Path) -> None:
 def test_header_stats_count_parameters_without_loading_them(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(3, 4, dtype=torch.bfloat16), "b": torch.zeros(4)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     assert header_stats(tmp_path) == (16, "BF16/F32")
+    assert dtype_counts(tmp_path) == {"BF16": 12, "F32": 4}
     _shards(tmp_path / "sharded", {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"})
     assert header_stats(tmp_path / "sharded") == (4, "F32")
 
 
-def test_a_damaged_header_names_the_file(tmp_path: Path) -> None:
+def test_a_damaged_or_truncated_file_is_named(tmp_path: Path) -> None:
     file = tmp_path / "model.safetensors"
-    for data in (b"\x08\x00\x00\x00\x00\x00\x00\x00not json", b"\x02\x00\x00\x00\x00\x00\x00\x00[]", b"\x01"):
+    save_file({"w": torch.zeros(8)}, str(file))
+    whole = file.read_bytes()
+    for data in (b"\x08\x00\x00\x00\x00\x00\x00\x00not json", b"\x02\x00\x00\x00\x00\x00\x00\x00[]", b"\x01", whole[:-4], whole + b"\x00"):
         file.write_bytes(data)
         with pytest.raises(YunqueError, match=re.escape(f"{file} is not a valid safetensors file")):
             header_stats(tmp_path)

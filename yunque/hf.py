@@ -28,7 +28,7 @@ from torch import Tensor
 from yunque.config import ModelConfig
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_file, write_text_atomic
-from yunque.hfdir import read_config, weight_files
+from yunque.hfdir import dtype_counts, read_config, weight_files
 
 # ----------------------------------------------------------------------------- tensors
 # Operations that turn the HF tensors of one yunque parameter into it (load) and back (save).
@@ -387,17 +387,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     hf = read_config(path)
     config = config_from_hf(hf)
     files = weight_files(path)
-    dtypes: dict[str, int] = {}
-    stored = 0
-    for file in files:
-        with _open(file) as f:
-            for name in f.keys():
-                sl = f.get_slice(name)
-                n = 1
-                for d in sl.get_shape():
-                    n *= d
-                dtypes[sl.get_dtype()] = dtypes.get(sl.get_dtype(), 0) + n
-                stored += n
+    dtypes = dtype_counts(path)
     with torch.device("meta"):  # shapes only: no memory, no init cost
         model = Transformer(config)
     return {
@@ -418,7 +408,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "sliding_window": config.sliding_window,
         "tied_embeddings": config.tie_embeddings,
         "dtype": max(dtypes, key=dtypes.get) if dtypes else None,
-        "stored_parameters": stored,
+        "stored_parameters": sum(dtypes.values()),
         "files": [f.name for f in files],
         "size_bytes": sum(os.path.getsize(f) for f in files),
     }

@@ -76,27 +76,45 @@ def weight_files(model_dir: str | Path) -> list[Path]:
 
 
 def _header(file: Path) -> dict[str, Any]:
-    """The tensor entries of a safetensors header (8-byte little-endian length, then JSON)."""
+    """The tensor entries of a safetensors header (8-byte little-endian length, then JSON).
+
+    The data the header describes must end where the file does, as safetensors itself
+    requires, so a truncated download is caught here rather than at load time.
+    """
     with open(file, "rb") as f:
         try:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))
         except (struct.error, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             header = None
-    if not isinstance(header, dict) or not all(k == "__metadata__" or _is_tensor_entry(v) for k, v in header.items()):
-        raise YunqueError(f"{file} is not a valid safetensors file; export the weights again.")
-    return {k: v for k, v in header.items() if k != "__metadata__"}
+    if isinstance(header, dict):
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        if all(_is_tensor_entry(t) for t in tensors.values()):
+            end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
+            if 8 + n + end == file.stat().st_size:
+                return tensors
+    raise YunqueError(f"{file} is not a valid safetensors file (damaged or truncated); download or export the weights again.")
 
 
 def _is_tensor_entry(info: Any) -> bool:
-    return isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) and all(isinstance(d, int) for d in info["shape"])
+    return (
+        isinstance(info, dict)
+        and isinstance(info.get("dtype"), str)
+        and all(isinstance(info.get(k), list) and all(isinstance(d, int) for d in info[k]) for k in ("shape", "data_offsets"))
+        and len(info["data_offsets"]) == 2
+    )
+
+
+def dtype_counts(model_dir: str | Path) -> dict[str, int]:
+    """Parameters stored per dtype ("F32", "BF16", ...) over the model's weight files, from the headers alone."""
+    counts: dict[str, int] = {}
+    for file in weight_files(model_dir):
+        for info in _header(file).values():
+            counts[info["dtype"]] = counts.get(info["dtype"], 0) + math.prod(info["shape"])
+    return counts
 
 
 def header_stats(model_dir: str | Path) -> tuple[int, str]:
     """(parameter count, dtypes joined by "/") from the safetensors headers alone; no weights are loaded."""
-    count, dtypes = 0, set()
-    for file in weight_files(model_dir):
-        for info in _header(file).values():
-            count += math.prod(info["shape"])
-            dtypes.add(info["dtype"])
-    return count, "/".join(sorted(dtypes))
+    counts = dtype_counts(model_dir)
+    return sum(counts.values()), "/".join(sorted(counts))

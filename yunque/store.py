@@ -151,7 +151,7 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
     if path.suffix.lower() == ".gguf":
         raise YunqueError(f"{src} is a GGUF file, which yunque does not load; use the model's Hugging Face directory (config.json + *.safetensors).")
     config = read_config(path)
-    header_stats(path)  # the weight files are all there, and a damaged header is named by its source path
+    header_stats(path)  # every weight file present and whole; a bad one is named by its source path, before anything is copied
     if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
         raise YunqueError(f"{src} has no tokenizer yunque reads (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe); save the tokenizer into the model directory.")
     from yunque.hf import config_from_hf  # imports torch: only paid when a directory is checked
