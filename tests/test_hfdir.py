@@ -69,7 +69,7 @@ def test_missing_shard_named_by_the_index_is_reported(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "index, message",
-    [({"metadata": {}}, "no weight_map"), ({"weight_map": {"a": 3}}, "no weight_map"), ({"weight_map": {"a": "../x.safetensors"}}, "outside the model directory")],
+    [({"metadata": {}}, "no weight_map"), ({"weight_map": {"a": 3}}, "no weight_map"), ({"weight_map": {"a": "../x.safetensors"}}, "not a file directly in the model directory")],
 )
 def test_an_unusable_index_is_refused(tmp_path: Path, index: dict, message: str) -> None:
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))

@@ -60,9 +60,9 @@ def weight_files(model_dir: str | Path) -> list[Path]:
         if not isinstance(weight_map, dict) or not all(isinstance(n, str) for n in weight_map.values()):
             raise YunqueError(f"{index} has no weight_map naming the shard files; re-export the model.")
         names = sorted(set(weight_map.values()))
-        outside = [n for n in names if Path(n).name != n]
-        if outside:
-            raise YunqueError(f"{index} names shard {outside[0]!r} outside the model directory; re-export the model.")
+        nested = [n for n in names if Path(n).name != n]
+        if nested:
+            raise YunqueError(f"{index} names shard {nested[0]!r}, which is not a file directly in the model directory; re-export the model.")
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
             raise YunqueError(f"{path} is missing weight shard(s) {', '.join(missing)} named by {INDEX_FILE}; copy or download the whole model directory again.")
