@@ -157,6 +157,14 @@ def test_time_budget_stops_evaluates_and_saves(data, tmp_path):
     assert state["step"] == result.step and state["elapsed_s"] >= 1.5
 
 
+def test_eval_seconds_evaluates_by_training_time_not_steps(data, tmp_path):
+    train(_cfg(data, tmp_path, max_steps=None, time_budget=1.5, eval_seconds=0.4, schedule="wsd"), progress=False)
+    mid_run = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "val_bpb" in r and "train_loss" in r]
+    times = [r["elapsed_s"] for r in mid_run]
+    assert len(times) >= 2 and times[0] >= 0.4
+    assert all(b - a >= 0.4 for a, b in zip(times, times[1:]))
+
+
 def test_toml_config_with_flags_on_top(data, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text(f'data = "{data}"\nlr = 1e-3\nbatch_size = 8\ntime_budget = 60\n[model]\nn_layer = 3\nd_model = 48\n')

@@ -184,6 +184,7 @@ def train_command(
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this (0: no clipping)."),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="AdamW weight decay of matrices and embeddings."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Evaluate every N steps (0: only at the end)."),
+    eval_seconds: Optional[float] = typer.Option(None, "--eval-seconds", help="Also evaluate after every N seconds of training (0: off)."),
     eval_tokens: Optional[int] = typer.Option(None, "--eval-tokens", help="Cap on validation tokens per evaluation (default: the whole split)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps (0: only at the end)."),
     keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Checkpoints to keep."),

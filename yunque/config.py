@@ -241,6 +241,7 @@ class TrainConfig(_DictConfig):
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     eval_every: int = 250  # 0 evaluates only at the end
+    eval_seconds: float = 0.0  # also evaluate after this much training time since the last evaluation (0: off)
     eval_tokens: int | None = None  # cap on validation tokens; None means the whole split
     checkpoint_every: int = 500  # 0 checkpoints only at the end
     keep_last: int = 3
@@ -274,7 +275,7 @@ class TrainConfig(_DictConfig):
             need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
         need(self.threads is None or self.threads > 0, f"threads must be positive, got {self.threads}")
         need(self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must not be negative, got {self.warmup_steps}")
-        for name in ("eval_every", "checkpoint_every", "sample_tokens", "weight_decay", "grad_clip"):
+        for name in ("eval_every", "eval_seconds", "checkpoint_every", "sample_tokens", "weight_decay", "grad_clip"):
             need(getattr(self, name) >= 0, f"{name} must not be negative, got {getattr(self, name)}")
         need(self.lr > 0, f"lr must be positive, got {self.lr}")
         need(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")

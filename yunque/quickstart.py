@@ -132,7 +132,7 @@ def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
     with atomic_dir(report.train_dir, overwrite=True) as tmp:
         cfg = TrainConfig(
             data=str(report.data_dir), out=str(tmp), max_steps=None, time_budget=options.train_seconds,
-            eval_every=300, checkpoint_every=0, keep_last=1, sample_tokens=64, **TRAIN_SETTINGS,
+            eval_every=0, eval_seconds=options.train_seconds / 6, checkpoint_every=0, keep_last=1, sample_tokens=64, **TRAIN_SETTINGS,
         )
         result = train(cfg, progress=options.train_progress)
         if result.interrupted:  # Ctrl-C stopped training before the final model: keep the previous run

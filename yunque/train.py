@@ -463,6 +463,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
     if resume_from is not None:
         state = load_checkpoint(resume_from, model, optimizer)
         step, elapsed, tokens = state["step"], state["elapsed_s"], state["tokens"]
+    last_eval = elapsed  # training seconds at the last evaluation (eval_seconds)
     if lead:
         out.mkdir(parents=True, exist_ok=True)
         remove_leftovers(ckpt_root)
@@ -566,7 +567,13 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
             window_tokens += tokens_per_step
             window_time += dt
 
-            evaluating = cfg.eval_every and step % cfg.eval_every == 0 and not done()
+            # Seconds count training only (every rank sees the same `elapsed`), so a time-based
+            # evaluation happens at the same step on every rank and excludes evaluation time.
+            evaluating = not done() and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or (cfg.eval_seconds and elapsed - last_eval >= cfg.eval_seconds)
+            )
+            if evaluating:
+                last_eval = elapsed
             if step % cfg.log_every == 0 or evaluating:
                 record: dict[str, Any] = {
                     "step": step,
