@@ -80,3 +80,12 @@ def test_training_through_the_transposed_form_gives_the_same_gradients():
     planned.train()(idx, idx)[1].backward()
     for a, b in zip(row.parameters(), planned.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_tuning_leaves_the_global_random_stream_alone():
+    model = _model()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    tune_products(model)
+    assert torch.equal(torch.rand(3), expected)
