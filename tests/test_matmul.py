@@ -58,15 +58,14 @@ def test_tuned_model_computes_the_same_and_is_measured_once(monkeypatch):
 
 def test_generation_is_the_same_with_and_without_a_plan():
     plain, planned = _model(qkv_bias=True), _model(qkv_bias=True)
+    plan = ProductPlan((0, 4, 2, 4, 4))
     for m in planned.modules():
         if isinstance(m, Linear):
-            m.plan = ProductPlan((0, 4, 2, 4, 4))
-    matmul._TUNED.add(planned)  # keep the forced plan: no measuring
+            m.plan = plan
+    matmul._PLANS[planned] = plan  # marked as tuned, so generation keeps these plans: the forced one,
+    matmul._PLANS[plain] = None  # and plain F.linear
     ids = [list(generate_ids(m, [5, 6, 7], temperature=0, max_new_tokens=12, stop_token_ids=[])) for m in (plain, planned)]
-    matmul._TUNED.add(plain)
-    for m in plain.modules():
-        if isinstance(m, Linear):
-            m.plan = None
+    assert all(m.plan is None for m in plain.modules() if isinstance(m, Linear))
     assert ids[0] == ids[1] and len(ids[0]) == 12
 
 

@@ -24,7 +24,7 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64)  # row counts measured; beyond the last one, 
 SAMPLE_BYTES = 32 << 20  # more than a CPU's last-level cache, so the timing streams weights from memory
 MIN_GAIN = 1.05  # keep F.linear unless the transposed form is clearly faster
 
-_TUNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_PLANS: "weakref.WeakKeyDictionary[nn.Module, ProductPlan | None]" = weakref.WeakKeyDictionary()  # per tuned model
 
 
 @dataclass(frozen=True)
@@ -117,12 +117,13 @@ def plan_from(times: dict[int, tuple[float, float]]) -> ProductPlan:
 
 def tune_products(model: nn.Module) -> ProductPlan | None:
     """Once per model on a CPU: measure, then give every `Linear` of `model` the plan (None elsewhere)."""
+    if model in _PLANS:
+        return _PLANS[model]
     layers = [m for m in model.modules() if isinstance(m, Linear)]
-    if not layers or layers[0].weight.device.type != "cpu":
-        return None
-    if model not in _TUNED:
+    plan = None
+    if layers and layers[0].weight.device.type == "cpu":
         plan = plan_from(measure_products(model))
         for layer in layers:
             layer.plan = plan
-        _TUNED.add(model)
-    return layers[0].plan
+    _PLANS[model] = plan
+    return plan
