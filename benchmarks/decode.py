@@ -1,7 +1,7 @@
 """Decoding speed: yunque vs transformers `generate`, same float32 weights, same process, interleaved.
 
 Batch-1 greedy decoding of 128 new tokens after a 64-token prompt, for two Llama-family sizes,
-plus int8 weights for the larger one, a bare loop over yunque's forward (the engine's
+plus int8 weights for the larger one, a bare loop over yunque's decode step (the engine's
 overhead is the gap to it), the roofline of each size (one pass of matrix-vector products
 over all its weights, posed the fastest way, timed in the same run) and the aggregate
 throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
@@ -20,8 +20,9 @@ import time
 import torch
 import transformers
 
+from yunque.decode import DecodeStep
 from yunque.engine import generate_ids
-from yunque.matmul import measure_products
+from yunque.matmul import measure_products, tune_products
 from yunque.model import Transformer
 from yunque.quantize import quantize_int8
 from yunque.scheduler import Engine
@@ -55,17 +56,20 @@ def timed(fn) -> tuple[float, list[int]]:
 
 
 def bare_loop(model: Transformer, prompt: list[int]) -> list[int]:
-    """The model's own forward with a cache in the plainest loop: the floor for the engine's overhead."""
+    """The engine's prefill and decode step in the plainest loop (no sampling settings, no text, no
+    stop checks): the floor for the engine's overhead."""
+    tune_products(model)
+    step = DecodeStep(model)
     with torch.inference_mode():
         cache = model.make_cache(1, PROMPT + NEW)
         first = model(torch.tensor([prompt]), cache=cache, input_pos=torch.zeros(1, dtype=torch.long), logits_at=torch.tensor([PROMPT - 1]))
-        token = first[:, -1].argmax(-1, keepdim=True)
+        token = first[:, -1].argmax(-1)
         pos, out = torch.tensor([PROMPT]), [token]
-        for _ in range(NEW - 1):
-            token = model(token, cache=cache, input_pos=pos)[:, -1].argmax(-1, keepdim=True)
+        for i in range(PROMPT, PROMPT + NEW - 1):
+            token = step(token, pos, cache, i, i).argmax(-1)
             pos += 1
             out.append(token)
-        return torch.cat(out).flatten().tolist()
+        return torch.cat(out).tolist()
 
 
 def roofline_seconds(model: Transformer) -> float:

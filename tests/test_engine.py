@@ -292,13 +292,13 @@ def test_cli_generate_errors_are_one_sentence(tmp_path):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model):
     with Engine(model, max_batch=2) as engine:
-        forward = engine._batch._forward
+        step = engine._batch._step
 
         def broken(*args, **kwargs):
-            engine._batch._forward = forward  # fail once
+            engine._batch._step = step  # fail once
             raise RuntimeError("boom")
 
-        engine._batch._forward = broken
+        engine._batch._step = broken
         handle = engine.submit([1, 2], max_new_tokens=5, stop_token_ids=[])
         with pytest.raises(RuntimeError, match="boom"):
             list(handle)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from yunque.decode import decode_step
 from yunque.errors import YunqueError
 from yunque.matmul import tune_products
 from yunque.model import KVCache, Transformer
@@ -141,8 +142,7 @@ class Batch:
         self.seen: Tensor | None = None  # (n_slots, V) penalty state, allocated on the first request that needs it
         self.counts: Tensor | None = None
         self._sampling: SamplingBatch | None = None
-        self._views: dict[int, KVCache] = {}
-        self._forward = _decode_step(model)
+        self._step = decode_step(model)  # after tuning: the step binds each layer's product plan
 
     @property
     def n_slots(self) -> int:
@@ -151,12 +151,6 @@ class Batch:
     @property
     def free_slots(self) -> int:
         return self.n_slots - len(self.active)
-
-    def _view(self, n: int) -> KVCache:
-        """The first n rows of the cache as a plain view (writes land in the shared buffers)."""
-        if n not in self._views:
-            self._views[n] = self.cache if n == self.n_slots else KVCache([k[:n] for k in self.cache.k], [v[:n] for v in self.cache.v])
-        return self._views[n]
 
     @torch.inference_mode()
     def add(self, *reqs: Request) -> None:
@@ -215,7 +209,8 @@ class Batch:
         n = len(self.active)
         if n == 0:
             return
-        logits = self._forward(self.last[:n], cache=self._view(n), input_pos=self.pos[:n])[:, -1]
+        positions = [r.cached for r in self.active]  # == self.pos[:n], without reading the tensor
+        logits = self._step(self.last[:n, 0], self.pos[:n], self.cache, min(positions), max(positions))
         self.pos[:n] += 1
         for req in self.active:
             req.cached += 1
@@ -303,17 +298,6 @@ def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
                 continue
         groups.append([req])
     return groups
-
-
-def _decode_step(model: Transformer) -> Callable[..., Tensor]:
-    """The forward used for one-token decode steps: compiled with CUDA graphs on a GPU, plain on CPU.
-
-    On CPU the step is bound by reading the weights (and by Python for tiny models); compilation
-    adds seconds of start-up for little gain, so it is only used where kernel launches dominate.
-    """
-    if model.tok_emb.weight.device.type == "cuda":
-        return torch.compile(model, mode="reduce-overhead", dynamic=True)
-    return model
 
 
 def load(model_dir: str | Path, *, int8: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:

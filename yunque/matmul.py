@@ -33,19 +33,20 @@ class ProductPlan:
 
     padded: tuple[int, ...]  # indexed by the row count; rows beyond its end use F.linear
 
-    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        n = x.numel() // x.shape[-1]
+    def rows(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """x (n, in) -> (n, out); on the transposed path a strided view of the product, not a copy."""
+        n = x.shape[0]
         p = self.padded[n] if n < len(self.padded) else 0
         if not p:
             return F.linear(x, weight, bias)
-        rows = x.reshape(n, x.shape[-1])
         if p > n:
-            rows = torch.cat((rows, _zeros(p - n, x.shape[-1], x.dtype, x.device)))
-        y = torch.mm(weight, rows.t()).t()[:n]
-        # Back to row-major: attention kernels and views downstream expect contiguous rows.
-        y = y.contiguous()
-        if bias is not None:
-            y = y + bias
+            x = torch.cat((x, _zeros(p - n, x.shape[1], x.dtype, x.device)))
+        y = torch.mm(weight, x.t()).t()[:n]
+        return y if bias is None else y + bias
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """Any leading shape, as `F.linear`; the result is row-major, as attention kernels and views downstream expect."""
+        y = self.rows(x.reshape(-1, x.shape[-1]), weight, bias).contiguous()
         return y.view(*x.shape[:-1], weight.shape[0])
 
 
