@@ -96,7 +96,8 @@ class DecodeStep:
         if self.cos is not None:
             cos, sin = (self.cos[lo], self.sin[lo]) if lo == hi else (self.cos[positions][:, None], self.sin[positions][:, None])
         for i, (norm1, qkv, out, norm2, mlp) in enumerate(self.layers):
-            heads = qkv(norm1(x)).view(n, H + 2 * KV, D)
+            # Row-major heads: the fused attention kernels need the last dimension contiguous.
+            heads = qkv(norm1(x)).contiguous().view(n, H + 2 * KV, D)
             qk, v = heads[:, : H + KV], heads[:, H + KV :]
             if self.cos is not None:
                 qk = qk * cos + qk.roll(D // 2, dims=-1) * sin
