@@ -2,13 +2,17 @@ import pytest
 import torch
 
 from yunque.errors import YunqueError
-from yunque.sampling import SamplingBatch, SamplingParams, apply_penalties, make_generator, sample
+import dataclasses
+
+from yunque import sampling
+from yunque.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
 from yunque.textstream import StopStrings
 
 
 def batch_of(*params, seeds=None):
-    seeds = seeds or [p.seed for p in params]
-    return SamplingBatch(params, [make_generator(s, torch.device("cpu")) for s in seeds], torch.device("cpu"))
+    if seeds is not None:
+        params = [dataclasses.replace(p, seed=s) for p, s in zip(params, seeds)]
+    return SamplingBatch(params, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -123,11 +127,28 @@ def test_earliest_of_several_stop_strings_wins():
     assert out == ["ok "] and stopped
 
 
-def test_a_zero_exponential_draw_never_picks_a_filtered_token(monkeypatch):
-    logits = torch.tensor([[5.0, 0.0, -1.0]])
-    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, generator=None: self.zero_())
-    for _ in range(3):
-        assert int(sample(logits, batch_of(SamplingParams(top_k=1, temperature=1.0)))) == 0
+@pytest.mark.parametrize("u", [0.0, 1.0])
+def test_extreme_draws_never_pick_a_filtered_token(monkeypatch, u):
+    monkeypatch.setattr(sampling, "uniform", lambda key, draw: u)
+    logits = torch.tensor([[-1.0, 5.0, 0.0, -3.0]])
+    for kw in (dict(top_k=2), dict(top_p=0.5), dict(min_p=0.5), dict(min_p=0.01)):
+        picked = int(sample(logits, batch_of(SamplingParams(**kw))))
+        assert picked in ({1, 2} if kw.get("top_k") else {1} if kw.get("top_p") or kw["min_p"] == 0.5 else {0, 1, 2})
+
+
+def test_draws_are_uniform_and_distinct_per_seed_and_step():
+    us = [sampling.uniform(key, draw) for key in (0, 1, 2**63) for draw in range(2000)]
+    assert 0 < min(us) and max(us) < 1 and len(set(us)) == len(us)
+    assert abs(sum(us) / len(us) - 0.5) < 0.01
+    assert abs(sum(u < 0.1 for u in us) / len(us) - 0.1) < 0.01
+
+
+def test_a_rebuilt_batch_carries_each_stream_on():
+    logits = torch.randn(1, 1000)
+    one = batch_of(SamplingParams(seed=9))
+    a = [int(sample(logits, one)) for _ in range(10)]
+    b = [int(sample(logits, SamplingBatch([SamplingParams(seed=9)], torch.device("cpu"), draws=[i]))) for i in range(10)]
+    assert a == b and len(set(a)) > 1
 
 
 def test_seeded_top_k_row_does_not_depend_on_its_batch_mates_top_k():

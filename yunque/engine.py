@@ -29,7 +29,7 @@ from yunque.decode import decode_step
 from yunque.errors import YunqueError
 from yunque.matmul import tune_products
 from yunque.model import KVCache, Transformer
-from yunque.sampling import SamplingBatch, SamplingParams, make_generator, sample
+from yunque.sampling import SamplingBatch, SamplingParams, sample
 from yunque.textstream import TextStream
 
 
@@ -84,7 +84,6 @@ class Request:
         self.on_chunk, self.on_done = on_chunk, on_done
         self.generated: list[int] = []
         self.pieces: list[str] = []
-        self.generator: torch.Generator | None = None
         self.cancelled = False
         self.finished = False
         self.t_submit = time.perf_counter()
@@ -170,7 +169,6 @@ class Batch:
         ids = torch.zeros(n, max(lengths), dtype=torch.long)
         for row, req in enumerate(group):
             req.t_start = t_start
-            req.generator = make_generator(req.params.seed, self.device)
             ids[row, : lengths[row]] = torch.tensor(req.prompt_ids)
             req.cached = lengths[row]
         ids = ids.to(self.device)
@@ -220,7 +218,7 @@ class Batch:
         reqs = self.active[lo:hi]
         batch = self._sampling if (lo, hi) == (0, len(self.active)) else None
         if batch is None:
-            batch = SamplingBatch([r.params for r in reqs], [r.generator for r in reqs], self.device)
+            batch = SamplingBatch([r.params for r in reqs], self.device, [len(r.generated) for r in reqs])
             if (lo, hi) == (0, len(self.active)):
                 self._sampling = batch
         if batch.penalized:

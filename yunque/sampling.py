@@ -89,18 +89,37 @@ class SamplingParams:
         return dataclasses.replace(params, **kwargs) if kwargs else params
 
 
-def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    """A private random stream per request, so a seeded request samples the same tokens whatever else runs beside it."""
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(seed)
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """SplitMix64's step and finaliser (Steele et al. 2014): a well-mixed 64-bit function of x."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def uniform(key: int, draw: int) -> float:
+    """Number `draw` of the random stream `key`, in (0, 1) and never 0 or 1 (52 random bits)."""
+    return ((_splitmix64(key ^ _splitmix64(draw)) >> 12) + 0.5) / (1 << 52)
 
 
 class SamplingBatch:
-    """The sampling settings of the rows decoded together, as tensors on the logits' device."""
+    """The sampling settings of the rows decoded together, as tensors on the logits' device.
 
-    def __init__(self, params: Sequence[SamplingParams], generators: Sequence[torch.Generator | None], device: torch.device) -> None:
-        self.params, self.generators = list(params), list(generators)
+    Every row samples from its own counter-based random stream: draw i of a row is a hash of
+    its key and i, where the key is the row's seed (or, unseeded, a number drawn from torch's
+    global generator). A seeded request so samples the same tokens whatever else runs beside
+    it, the draws of all rows cost one small tensor per step, and a batch rebuilt when requests
+    join or leave carries each stream on from `draws` (how many each row has made).
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], device: torch.device, draws: Sequence[int] | None = None) -> None:
+        self.params = list(params)
+        self.device = device
+        self.keys = [p.seed & _MASK64 if p.seed is not None else int(torch.randint(1 << 62, ())) for p in params]
+        self.draws = list(draws) if draws is not None else [0] * len(self.params)
         self.all_greedy = all(p.is_greedy for p in params)
         self.penalized = any(p.has_penalties for p in params)
         self.repeats = any(p.repetition_penalty != 1.0 for p in params)
@@ -116,15 +135,25 @@ class SamplingBatch:
         self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.long, device=device)[:, None]
         self.top_p = col(p.top_p for p in params)
         self.min_p = col(p.min_p for p in params)
-        self.needs_sort = any(p.top_k > 0 or p.top_p < 1 for p in params if not p.is_greedy)
+        # Rows with a top-k or top-p draw among their ranked candidates, the others in vocabulary order:
+        # which order a row uses must not depend on its batch mates, or a seed would not reproduce.
+        ranked = [p.top_k > 0 or p.top_p < 1 for p in params]
+        self.ranked = torch.tensor(ranked, device=device)
+        self.needs_sort = any(r for r, p in zip(ranked, params) if not p.is_greedy)
+        self.any_unranked = any(not r for r, p in zip(ranked, params) if not p.is_greedy)
         # When every sampled row has a top-k, only the largest k ranks matter: a top-k, not a full sort.
         ks = [p.top_k for p in params if not p.is_greedy]
         self.sort_k = max(ks) if ks and min(ks) > 0 else None
-        self.seeded = any(g is not None for g in self.generators)
         self.needs_min_p = any(p.min_p > 0 for p in params if not p.is_greedy)
         self.repetition = col(p.repetition_penalty for p in params)
         self.frequency = col(p.frequency_penalty for p in params)
         self.presence = col(p.presence_penalty for p in params)
+
+    def uniforms(self) -> Tensor:
+        """Each row's next draw, (B, 1) in (0, 1); advances every row's stream by one."""
+        u = [uniform(key, draw) for key, draw in zip(self.keys, self.draws)]
+        self.draws = [d + 1 for d in self.draws]
+        return torch.tensor(u, dtype=torch.float64, device=self.device)[:, None]
 
 
 def apply_penalties(logits: Tensor, seen: Tensor, counts: Tensor, batch: SamplingBatch) -> Tensor:
@@ -151,13 +180,16 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
     if batch.all_greedy:
         return logits.argmax(dim=-1)
     probs = (logits / batch.temperature).softmax(dim=-1)
-    if not batch.needs_sort:
+    u = batch.uniforms()
+    drawn = None
+    if batch.any_unranked:
+        plain = probs
         if batch.needs_min_p:
-            probs = probs.masked_fill(probs < batch.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-        drawn = _race(probs, batch)
-    else:
+            plain = probs.masked_fill(probs < batch.min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+        drawn = _inverse_cdf(plain, u)
+    if batch.needs_sort:
         # Everything after the ranking happens among the candidates (k of them with a top-k),
-        # not over the vocabulary: the filters, the noise and the draw.
+        # not over the vocabulary: the filters and the draw.
         if batch.sort_k is not None and batch.sort_k < probs.shape[-1]:
             sorted_probs, order = probs.topk(batch.sort_k, dim=-1)  # largest first, as the sort's head
         else:
@@ -170,29 +202,18 @@ def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, cou
         if batch.needs_min_p:
             drop |= sorted_probs < batch.min_p * sorted_probs[:, :1]
         kept = sorted_probs.masked_fill(drop, 0.0)
-        drawn = order.gather(-1, _race(kept, batch, order, probs.shape[-1])[:, None]).squeeze(-1)
+        ranked = order.gather(-1, _inverse_cdf(kept, u)[:, None]).squeeze(-1)
+        drawn = ranked if drawn is None else torch.where(batch.ranked, ranked, drawn)
     return torch.where(batch.greedy_mask, logits.argmax(dim=-1), drawn) if batch.any_greedy else drawn
 
 
-def _race(probs: Tensor, batch: SamplingBatch, order: Tensor | None = None, vocab_size: int = 0) -> Tensor:
-    """Exponential-race draw: argmax(p / E) with E ~ Exp(1) picks column i with probability p_i / sum(p),
-    so filtered distributions need no renormalising, and each row can use its own generator.
-
-    A seeded row draws one E per vocabulary entry from its own generator and reads it by token id
-    (through `order` when the columns are ranked candidates), so its tokens depend only on its seed
-    and its logits, not on which rows share the batch. Unseeded rows share one draw per column.
-    """
-    noise = torch.empty_like(probs)
-    if batch.seeded:
-        for i, gen in enumerate(batch.generators):
-            if gen is None:
-                noise[i].exponential_()
-            elif order is None:
-                noise[i].exponential_(generator=gen)
-            else:
-                per_token = torch.empty(vocab_size, device=probs.device).exponential_(generator=gen)
-                noise[i] = per_token[order[i]]
-    else:
-        noise.exponential_()
-    # An exponential draw can be exactly 0; 0/0 would be NaN, which argmax picks, so keep it positive.
-    return (probs / noise.clamp_(min=torch.finfo(noise.dtype).tiny)).argmax(dim=-1)
+def _inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
+    """Column j of each row with probability weights[j] / sum(weights), given u (B, 1) in (0, 1):
+    the first column whose running sum reaches u * total. Filtered (zero) columns are never
+    picked, so nothing needs renormalising, and a row's pick depends only on its own weights
+    and draw (columns of zeros after its candidates change nothing)."""
+    cdf = weights.cumsum(dim=-1)
+    total = cdf[:, -1:]
+    # Strictly above 0 and at most the total, whatever the rounding: a zero column is never the first to reach it.
+    target = torch.minimum((u * total).to(cdf.dtype).clamp_(min=torch.finfo(cdf.dtype).tiny), total)
+    return torch.searchsorted(cdf, target).squeeze(-1)
