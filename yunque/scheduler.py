@@ -13,12 +13,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Sequence
 
 from yunque.engine import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
 from yunque.errors import YunqueError
 from yunque.model import Transformer
 from yunque.sampling import SamplingParams
+
+
+@dataclass
+class _Waiter:
+    """An async reader of a handle: its loop, the event that wakes it, and whether a wake-up is on its way."""
+
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+    scheduled: bool = False
 
 
 class RequestHandle:
@@ -32,7 +42,7 @@ class RequestHandle:
         self._engine = engine
         self._cond = threading.Condition()
         self._chunks: collections.deque[Chunk] = collections.deque()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self._waiters: list[_Waiter] = []
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
         self.request: Request | None = None
@@ -55,8 +65,10 @@ class RequestHandle:
 
     def _wake(self) -> None:
         self._cond.notify_all()
-        for loop, event in self._waiters:
-            loop.call_soon_threadsafe(event.set)
+        for waiter in self._waiters:
+            if not waiter.scheduled:  # one wake-up in flight is enough: the reader drains everything queued
+                waiter.scheduled = True
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
 
     @property
     def done(self) -> bool:
@@ -85,25 +97,39 @@ class RequestHandle:
                     continue
             yield chunk
 
-    async def _aiter(self) -> AsyncIterator[Chunk]:
-        loop, event = asyncio.get_running_loop(), asyncio.Event()
+    async def drain(self) -> AsyncIterator[list[Chunk]]:
+        """Async iteration by batches: every chunk queued since the last one, at least one each.
+
+        A reader that falls behind (a busy event loop) gets several steps' chunks at once, so
+        it pays its per-message costs once per batch rather than once per token.
+        """
+        waiter = _Waiter(asyncio.get_running_loop(), asyncio.Event())
         with self._cond:
-            self._waiters.append((loop, event))
+            self._waiters.append(waiter)
         try:
             while True:
                 with self._cond:
-                    event.clear()  # cleared under the lock, so a wake-up after this check is never lost
-                    try:
-                        chunk = self._take()
-                    except StopIteration:
+                    # Cleared under the lock, so a chunk queued after this is never left without a wake-up.
+                    waiter.event.clear()
+                    waiter.scheduled = False
+                    chunks = list(self._chunks)
+                    self._chunks.clear()
+                    if not chunks and self.error is not None:
+                        raise self.error
+                    if not chunks and self.result is not None:
                         return
-                if chunk is None:
-                    await event.wait()
+                if chunks:
+                    yield chunks
                 else:
-                    yield chunk
+                    await waiter.event.wait()
         finally:
             with self._cond:
-                self._waiters.remove((loop, event))
+                self._waiters.remove(waiter)
+
+    async def _aiter(self) -> AsyncIterator[Chunk]:
+        async for chunks in self.drain():
+            for chunk in chunks:
+                yield chunk
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
         return self._aiter()

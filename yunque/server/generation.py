@@ -208,42 +208,18 @@ def _outcome(result: GenerationResult) -> Outcome:
 async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
     """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
 
-    A task reads the engine's chunks as they come; text that arrives while the reader is still
-    sending the previous delta is merged into the next one. Unloaded, every token is its own
-    delta; under load, the per-delta costs (JSON, HTTP write, the client's parse) are paid
-    once per batch of tokens instead of once per token.
+    Each delta is all the text the engine produced since the last one: unloaded, every token
+    is its own delta; when the event loop falls behind, the per-delta costs (JSON, HTTP write,
+    the client's parse) are paid once per batch of tokens instead of once per token.
     """
     handle = _submit(runner, prepared)
-    pending: list[str] = []
-    ready = asyncio.Event()
-    failure: list[BaseException] = []
-
-    async def pump() -> None:
-        try:
-            async for chunk in handle:
-                if chunk.text:
-                    pending.append(chunk.text)
-                    ready.set()
-        except Exception as e:  # the engine failed this request: re-raised in the reader
-            failure.append(e)
-        finally:
-            ready.set()
-
-    reader = asyncio.create_task(pump())
     try:
-        while pending or not reader.done():
-            if not pending:
-                await ready.wait()
-                ready.clear()
-            if pending:
-                text = "".join(pending)
-                pending.clear()
+        async for chunks in handle.drain():
+            text = "".join(chunk.text for chunk in chunks)
+            if text:
                 yield text
-        if failure:
-            raise failure[0]
         yield _outcome(handle.result)
     finally:
-        reader.cancel()
         handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
 
 
