@@ -20,6 +20,7 @@ exactly the batches one process sees with batch B and N-fold gradient accumulati
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -437,6 +438,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
         return result
     finally:
         if world > 1 and dist.is_initialized():
+            # Free the DDP wrapper (its reducer holds gloo work objects) while the interpreter is
+            # whole: left to interpreter shutdown, gloo can abort the process the same way.
+            gc.collect()
             dist.destroy_process_group()
 
 
