@@ -1,4 +1,5 @@
 import asyncio
+import json
 import threading
 
 import pytest
@@ -274,6 +275,10 @@ def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
     assert res.exit_code == 0 and res.stdout == expected[:cut] + "\n"
     res = runner.invoke(app, ["generate", str(tmp_path / "m"), "x", "--int8", "-n", "3", "--seed", "1"])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["generate", str(tmp_path / "m"), "JSON:", "--json", "-n", "60", "--seed", "1", "--verbose"])
+    assert res.exit_code == 0 and res.stdout.startswith("{"), res.output
+    if "finish reason: stop" in res.stderr:
+        assert isinstance(json.loads(res.stdout), dict)
 
 
 def test_cli_generate_errors_are_one_sentence(tmp_path):

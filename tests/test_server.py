@@ -18,6 +18,8 @@ import openai
 import pytest
 from serving import rss_bytes, serve_tiny
 
+from yunque import constrain
+
 CONTEXT = 2048
 
 
@@ -98,13 +100,22 @@ def test_stop_and_system_override(server):
     assert cut["done_reason"] == "stop" and cut["response"] == answer[: answer.index(answer[-1])]
 
 
-def test_json_format_is_validated(server):
-    r = httpx.post(server.url + "/api/chat", json={"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "format": "json", "stream": False, "options": {"num_predict": 6}}, timeout=60)
-    # A random model cannot write JSON: the server says so instead of passing gibberish off as JSON.
-    if r.status_code == 200:
-        json.loads(r.json()["message"]["content"])
-    else:
-        assert r.status_code == 422 and "valid JSON" in r.json()["error"]
+def test_json_format_constrains_the_answer(server, ai):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "format": "json", "options": {"num_predict": 40, "seed": 1}}
+    with httpx.stream("POST", server.url + "/api/chat", json=body, timeout=60) as r:
+        events = [json.loads(line) for line in r.iter_lines()]
+    text = "".join(e["message"]["content"] for e in events)
+    assert len(events) > 2 and events[-1]["done"]  # streamed, not held back
+    # A random model still writes JSON: a valid start of an object, and a whole one when it stopped.
+    assert text.lstrip().startswith("{") and constrain.feed(constrain.START, text.encode()) is not None
+    if events[-1]["done_reason"] == "stop":
+        assert isinstance(json.loads(text), dict)
+    answer = ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "JSON"}], max_tokens=40,
+                                        seed=2, response_format={"type": "json_object"})
+    content = answer.choices[0].message.content
+    assert constrain.feed(constrain.START, content.encode()) is not None
+    if answer.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
 
 
 def test_embeddings(oc, ai):

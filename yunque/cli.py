@@ -291,6 +291,7 @@ def generate(
     seed: int | None = typer.Option(None, "--seed", help="Random seed, for reproducible sampling."),
     stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable; \\n and \\t mean newline and tab); it is not printed."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt longer than the context instead of failing."),
+    json_object: bool = typer.Option(False, "--json", help="Constrain the output to one JSON object (it ends when the object closes)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize the weights to int8 (faster decoding on CPU)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print token counts and tokens per second to stderr."),
 ) -> None:
@@ -301,7 +302,7 @@ def generate(
 
     params = SamplingParams(  # checked before the model is loaded: cheap mistakes fail fast
         max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, seed=seed, truncate=truncate,
+        repetition_penalty=repetition_penalty, seed=seed, truncate=truncate, json_object=json_object,
         stop=tuple(x.replace("\\n", "\n").replace("\\t", "\t") for x in stop),  # shells pass "\n" literally
     )
     text = sys.stdin.read() if prompt == "-" else prompt

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from yunque.constrain import JsonConstraint
 from yunque.decode import decode_step
 from yunque.errors import YunqueError
 from yunque.matmul import tune_products
@@ -90,6 +91,7 @@ class Request:
         self.t_start = self.t_prefill = 0.0
         self.cached = 0  # tokens of this request in its cache slot
         self.on_error: Callable[[BaseException], None] | None = None
+        self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
 
     def finish(self, reason: str) -> None:
         if self.finished:
@@ -221,6 +223,11 @@ class Batch:
             batch = SamplingBatch([r.params for r in reqs], self.device, [len(r.generated) for r in reqs])
             if (lo, hi) == (0, len(self.active)):
                 self._sampling = batch
+        constrained = [(row, r.constraint) for row, r in enumerate(reqs) if r.constraint is not None]
+        if constrained:
+            logits = logits.clone()
+            for row, constraint in constrained:
+                logits[row] = constraint.mask(logits[row])
         if batch.penalized:
             # Rows without penalties never had their state reset: multiplying by 1 / adding 0 keeps them exact.
             token = sample(logits, batch, self.seen[lo:hi], self.counts[lo:hi])
@@ -246,7 +253,9 @@ class Batch:
                 if piece:
                     req.pieces.append(piece)
                 req.on_chunk(Chunk([token], piece))
-                if req.text is not None and req.text.stopped:
+                if req.constraint is not None:
+                    req.constraint.advance(token)
+                if (req.text is not None and req.text.stopped) or (req.constraint is not None and req.constraint.complete):
                     reason = "stop"
                 elif len(req.generated) >= req.params.max_new_tokens or req.cached >= self.max_len:
                     reason = "length"
@@ -358,9 +367,14 @@ def make_request(model: Transformer, tokenizer: Any, prompt: str | Sequence[int]
     """Validate and tokenize in the caller's thread, so mistakes surface as YunqueErrors where they were made."""
     if params.stop and tokenizer is None:
         raise YunqueError("Stop strings need a tokenizer to decode text; pass one, or use stop_token_ids.")
+    if params.json_object and tokenizer is None:
+        raise YunqueError("JSON output needs a tokenizer to know what each token spells; pass one.")
     ids, truncated = prepare_prompt(_encode(tokenizer, prompt), params, context, model.config.vocab_size)
     text = TextStream(tokenizer, params.stop) if tokenizer is not None else None
-    return Request(ids, params, _stop_ids(params, tokenizer, model), text, truncated, on_chunk, on_done)
+    req = Request(ids, params, _stop_ids(params, tokenizer, model), text, truncated, on_chunk, on_done)
+    if params.json_object:
+        req.constraint = JsonConstraint(tokenizer)
+    return req
 
 
 # ---------------------------------------------------------------------- one sequence, in the caller's thread

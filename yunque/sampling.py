@@ -43,6 +43,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] | None = None
     greedy: bool = False
     truncate: bool = False  # keep the end of a prompt that does not fit the context, instead of an error
+    json_object: bool = False  # constrain the output to one JSON object (ends when it closes; needs a tokenizer)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

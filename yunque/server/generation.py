@@ -5,19 +5,16 @@ names and defaults, the model's Modelfile parameters under them, the context bud
 them to the loaded model's continuous-batching scheduler, and reads back text deltas and one
 final `Outcome` with the counts and durations both APIs report.
 
-`format: "json"` (Ollama) and `response_format: {"type": "json_object"}` (OpenAI) are served
-by validate-and-retry: the model's answer is generated in full, parsed with `json.loads`, and
-generated again with another seed (up to `JSON_ATTEMPTS` times) until it parses; a model that
-never produces JSON gets a 422 that says so. Output is never altered to look like JSON, and
-a streaming client receives the validated document as one delta.
+`format: "json"` (Ollama) and `response_format: {"type": "json_object"}` (OpenAI) turn on the
+engine's JSON constraint (`SamplingParams.json_object`): each step masks the tokens that would
+break the grammar, and the answer ends when its object closes, so it parses (unless it runs
+out of tokens first). It streams like any other answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import random
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator
 
@@ -35,7 +32,6 @@ from yunque.server.runner import Runner
 OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
 # More tokens than any context yunque can hold: a larger request is a mistake, not a wish.
 MAX_PREDICT = 1 << 20
-JSON_ATTEMPTS = 3
 # Ollama option names -> SamplingParams fields.
 _SAMPLING_NAMES = {
     "temperature": "temperature",
@@ -55,7 +51,6 @@ class Prepared:
 
     ids: list[int]
     params: SamplingParams
-    json_format: bool = False
 
 
 @dataclass
@@ -133,7 +128,7 @@ def _stops(settings: ChatSettings, asked: list[str] | None) -> list[str]:
     return list(dict.fromkeys([*settings.stop, *(asked or [])]))
 
 
-def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any], n_prompt: int) -> SamplingParams:
+def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any], n_prompt: int, json_object: bool = False) -> SamplingParams:
     """SamplingParams from Ollama options over the Modelfile's parameters over Ollama's defaults."""
     merged = {**OLLAMA_DEFAULTS, **settings.parameters, **options}
     stops = _stops(settings, merged.get("stop"))
@@ -146,6 +141,7 @@ def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any
         max_new_tokens=room if num_predict < 0 else min(num_predict, room),
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
+        json_object=json_object,
         **kwargs,
     )
 
@@ -157,7 +153,7 @@ def _params(**kwargs: Any) -> SamplingParams:
         raise APIError(400, str(e)) from None
 
 
-def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: int) -> SamplingParams:
+def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: int, json_object: bool = False) -> SamplingParams:
     """SamplingParams for an OpenAI request: OpenAI's defaults (temperature 1, no top-k) and its max_tokens rule."""
     room = check_prompt(n_prompt, runner.context_length)
     max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
@@ -183,6 +179,7 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
         max_new_tokens=max_tokens or room,
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
+        json_object=json_object,
     )
 
 
@@ -235,32 +232,11 @@ def stream_sync(runner: Runner, prepared: Prepared) -> Iterator[str]:
 
 
 async def complete(runner: Runner, prepared: Prepared) -> Outcome:
-    """The whole answer; with `json_format`, retried with fresh seeds until it parses as JSON."""
-    attempts = JSON_ATTEMPTS if prepared.json_format else 1
-    for attempt in range(attempts):
-        outcome = None
-        async for item in generate(runner, prepared):
-            if isinstance(item, Outcome):
-                outcome = item
-        assert outcome is not None, "the scheduler ended a generation without its final event"
-        if not prepared.json_format or _is_json(outcome.text):
-            return outcome
-        prepared = Prepared(prepared.ids, _reseeded(prepared.params, attempt), True)
-    raise APIError(422, f"the model did not produce valid JSON in {attempts} attempts; ask for JSON in the prompt, or use a model trained to answer in JSON")
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _reseeded(params: SamplingParams, attempt: int) -> SamplingParams:
-    seed = random.randrange(1 << 31) if params.seed is None else params.seed + attempt + 1
-    # A greedy answer would repeat itself: retries sample, at a mild temperature.
-    return SamplingParams.from_kwargs(params, seed=seed, temperature=params.temperature or 0.7, greedy=False)
+    """The whole answer."""
+    async for item in generate(runner, prepared):
+        if isinstance(item, Outcome):
+            return item
+    raise AssertionError("the scheduler ended a generation without its final event")
 
 
 async def until_disconnect(request: Request, work: Any) -> Any:
@@ -282,7 +258,7 @@ async def until_disconnect(request: Request, work: Any) -> Any:
 
 
 def is_json_format(value: Any) -> bool:
-    """Ollama `format`: "json" or a JSON schema object (validated only as JSON, not against the schema)."""
+    """Ollama `format`: "json" or a JSON schema object (the answer is constrained to a JSON object, not to the schema)."""
     if value in (None, ""):
         return False
     if value == "json" or isinstance(value, dict):

@@ -180,20 +180,12 @@ async def _answer(
     """
     manager = _manager(request)
     model = lm.name
-    if not stream or prepared.json_format:
+    if not stream:
         try:
             outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
         finally:
             manager.release(lm)
-        body = {"model": model, "created_at": _now(), **shape(outcome.text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)}
-        if not stream:
-            return JSONResponse(body)
-
-        async def once() -> AsyncIterator[dict[str, Any]]:
-            yield {"model": model, "created_at": _now(), **shape(outcome.text), "done": False}
-            yield {**body, **shape("")}
-
-        return _ndjson(once())
+        return JSONResponse({"model": model, "created_at": _now(), **shape(outcome.text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)})
 
     stream_it = gen.generate(lm.runner, prepared)
     try:
@@ -260,7 +252,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
         settings = gen.settings_for(lm.entry, template=body.template)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
         ids = gen.encode(lm.runner, settings.render(messages, tools=body.tools))
-        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids)), json_format)
+        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids), json_format))
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     return await _answer(
@@ -288,7 +280,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
         settings = gen.settings_for(lm.entry, system=body.system, template=body.template)
         text = body.prompt if body.raw else settings.render([{"role": "user", "content": body.prompt}])
         ids = list(body.context or []) + gen.encode(lm.runner, text)
-        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids)), json_format)
+        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids), json_format))
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     return await _answer(

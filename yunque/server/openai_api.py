@@ -118,7 +118,7 @@ async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedMo
     def build(lm: LoadedModel) -> gen.Prepared:
         settings = gen.settings_for(lm.entry)
         ids = gen.encode(lm.runner, render(lm))
-        return gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids)), json_format)
+        return gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids), json_format))
 
     lm, _, prepared = await request.app.state.manager.acquire_for(body.model, build)
     return lm, prepared
@@ -139,21 +139,12 @@ async def _respond(
     """
     manager = request.app.state.manager
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if not body.stream or prepared.json_format:
+    if not body.stream:
         try:
             outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
         finally:
             manager.release(lm)
-        if not body.stream:
-            return JSONResponse({**whole(outcome), "usage": _usage(outcome)})
-
-        async def once() -> AsyncIterator[dict[str, Any]]:
-            for event in ([first] if first else []) + [delta(outcome.text, None), delta(None, outcome.finish_reason)]:
-                yield event
-            if include_usage:
-                yield {**delta(None, None), "choices": [], "usage": _usage(outcome)}
-
-        return _sse(once())
+        return JSONResponse({**whole(outcome), "usage": _usage(outcome)})
 
     stream_it = gen.generate(lm.runner, prepared)
     try:
