@@ -263,3 +263,30 @@ def test_runner_embed_encodes_each_text_once_and_counts_what_it_read(tmp_path, m
     vectors, n_tokens = asyncio.run(runner.embed(texts))
     assert encoded == texts and len(vectors) == 2
     assert n_tokens == lengths[0] + 64  # the long text is cut to the context
+
+
+def test_streams_batch_their_deltas_under_load_and_not_alone(tmp_path, monkeypatch):
+    from yunque.model import Transformer
+    from yunque.scheduler import Engine
+    from yunque.server import generation as gen
+    from yunque.server.runner import Runner
+    from yunque.tokenizer import Tokenizer
+
+    src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=256, vocab_size=300)
+    tokenizer, model = Tokenizer.from_pretrained(src), Transformer.from_pretrained(src)
+    monkeypatch.setattr(gen, "STREAM_INTERVAL", 0.02)
+
+    async def deltas(runner: Runner, n: int) -> list[tuple[int, int]]:
+        async def one(i: int) -> tuple[int, int]:
+            params = gen.SamplingParams(max_new_tokens=150, seed=i, stop_token_ids=())
+            items = [item async for item in gen.generate(runner, gen.Prepared([1, 2, 3], params))]
+            return len(items) - 1, items[-1].completion_tokens  # deltas, tokens
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    with Engine(model, tokenizer, max_batch=4) as engine:
+        runner = Runner(model, tokenizer, engine, context_length=256, size=0, device="cpu")
+        [(alone, tokens)] = asyncio.run(deltas(runner, 1))  # every token with text is its own delta
+        assert tokens == 150 and alone > 75
+        together = asyncio.run(deltas(runner, 4))  # row 0 has seed 0 again: the same tokens, in fewer deltas
+        assert all(t == 150 for _, t in together) and together[0][0] < 0.8 * alone

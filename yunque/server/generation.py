@@ -32,6 +32,10 @@ from yunque.server.runner import Runner
 OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
 # More tokens than any context yunque can hold: a larger request is a mistake, not a wish.
 MAX_PREDICT = 1 << 20
+# Under load (several requests decoding together) a stream sends at most one delta per interval:
+# every delta costs the event loop JSON, an HTTP write and, in this process, the GIL the engine
+# thread needs, so batching a few tokens per delta leaves the engine its throughput.
+STREAM_INTERVAL = 0.05
 # Ollama option names -> SamplingParams fields.
 _SAMPLING_NAMES = {
     "temperature": "temperature",
@@ -215,6 +219,8 @@ async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Ou
             text = "".join(chunk.text for chunk in chunks)
             if text:
                 yield text
+                if runner.scheduler.active > 1:
+                    await asyncio.sleep(STREAM_INTERVAL)
         yield _outcome(handle.result)
     finally:
         handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
