@@ -274,7 +274,7 @@ def test_streams_batch_their_deltas_under_load_and_not_alone(tmp_path, monkeypat
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=256, vocab_size=300)
     tokenizer, model = Tokenizer.from_pretrained(src), Transformer.from_pretrained(src)
-    monkeypatch.setattr(gen, "STREAM_INTERVAL", 0.02)
+    monkeypatch.setattr(gen, "DELTA_RATE", 100.0)  # 4 streams: one delta each per 40 ms
 
     async def deltas(runner: Runner, n: int) -> list[tuple[int, int]]:
         async def one(i: int) -> tuple[int, int]:

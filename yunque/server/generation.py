@@ -32,10 +32,11 @@ from yunque.server.runner import Runner
 OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
 # More tokens than any context yunque can hold: a larger request is a mistake, not a wish.
 MAX_PREDICT = 1 << 20
-# Under load (several requests decoding together) a stream sends at most one delta per interval:
-# every delta costs the event loop JSON, an HTTP write and, in this process, the GIL the engine
-# thread needs, so batching a few tokens per delta leaves the engine its throughput.
-STREAM_INTERVAL = 0.05
+# Under load (several requests decoding together) the streams of one model send about this many
+# deltas per second in all, each stream one per active / DELTA_RATE seconds: every delta costs
+# the event loop JSON, an HTTP write and, in this process, the GIL the engine thread needs, so
+# a few tokens per delta leave the engine its throughput. A lone stream sends every token.
+DELTA_RATE = 200.0
 # Ollama option names -> SamplingParams fields.
 _SAMPLING_NAMES = {
     "temperature": "temperature",
@@ -219,8 +220,9 @@ async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Ou
             text = "".join(chunk.text for chunk in chunks)
             if text:
                 yield text
-                if runner.scheduler.active > 1:
-                    await asyncio.sleep(STREAM_INTERVAL)
+                active = runner.scheduler.active
+                if active > 1:
+                    await asyncio.sleep(active / DELTA_RATE)
         yield _outcome(handle.result)
     finally:
         handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
