@@ -210,9 +210,10 @@ def _outcome(result: GenerationResult) -> Outcome:
 async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
     """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
 
-    Each delta is all the text the engine produced since the last one: unloaded, every token
-    is its own delta; when the event loop falls behind, the per-delta costs (JSON, HTTP write,
-    the client's parse) are paid once per batch of tokens instead of once per token.
+    Each delta is all the text the engine produced since the last one. Alone, every token is
+    its own delta; with n requests decoding, a stream waits n / DELTA_RATE seconds after each
+    delta, so the per-delta costs (JSON, HTTP write, the GIL, the client's parse) are paid once
+    per few tokens.
     """
     handle = _submit(runner, prepared)
     try:
