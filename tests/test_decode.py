@@ -37,13 +37,14 @@ def _prefilled(model, lengths, slots=4, max_len=32):
     return ids, cache
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["sliced", "static"])
 @pytest.mark.parametrize("plan", [None, ProductPlan((0, 2, 2, 4, 4)), ProductPlan((0, 1, 2, 3, 4))], ids=["plain", "padded", "transposed"])
 @pytest.mark.parametrize("name", list(VARIANTS))
 @torch.inference_mode()
-def test_decode_step_equals_the_model_forward(name, plan):
+def test_decode_step_equals_the_model_forward(name, plan, static):
     model = _model(name)
     _plan(model, plan)
-    step = DecodeStep(model)
+    step = DecodeStep(model, static=static)
     for lengths in ([6], [5, 5, 5], [3, 9, 6]):  # one row; rows at one position; rows at different positions
         ids, ours = _prefilled(model, lengths)
         _, ref = _prefilled(model, lengths)
@@ -70,3 +71,26 @@ def test_decode_step_of_an_int8_model_equals_its_forward():
     got = step(token, pos, ours, 4, 7)
     want = model(token[:, None], cache=ref.rows([0, 1]), input_pos=pos)[:, 0]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_the_static_step_is_traced_once_per_row_count_not_per_position():
+    model = _model("mistral")
+    graphs = []
+
+    def count(gm, example_inputs):  # a torch.compile backend that runs the captured graph as it is
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()  # no graphs cached from elsewhere
+    step = torch.compile(DecodeStep(model, static=True), backend=count)
+    ids, cache = _prefilled(model, [3, 9, 6])
+    pos = torch.tensor([3, 9, 6])
+    for i in range(12):  # the sliced step's shapes change with every position; these must not
+        n = (3, 2, 1)[i // 4]
+        step(ids[torch.arange(n), pos[:n]], pos[:n], cache, int(pos[:n].min()), int(pos[:n].max()))
+        pos = pos + 1
+    # Only the row count makes new graphs: the first one specialises on it, the second has it
+    # dynamic, and one row is always a graph of its own (torch specialises sizes 0 and 1).
+    assert len(graphs) == 3
+    torch._dynamo.reset()

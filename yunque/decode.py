@@ -56,10 +56,18 @@ def _mlp(module: nn.Module) -> Fn:
 class DecodeStep:
     """`step(tokens, positions, cache, lo, hi)`: logits (n, vocab) for one new token in each of
     the cache rows 0..n-1, row i at position positions[i]; `lo`/`hi` are the smallest and
-    largest position as Python ints (the caller tracks them without reading the tensor)."""
+    largest position as Python ints (the caller tracks them without reading the tensor).
 
-    def __init__(self, model: Transformer) -> None:
+    By default a step reads only the cache positions up to `hi` (least work, eager). `static`
+    steps read the whole cache under a mask and ignore `lo`/`hi`, so their shapes depend on
+    the row count alone: the form to compile.
+    """
+
+    def __init__(self, model: Transformer, static: bool = False) -> None:
         c = model.config
+        # Static: every row reads the whole cache under a mask and writes by index, so no shape
+        # depends on the positions and a compiled step (one graph per row count) never recompiles.
+        self.static = static
         self.n_head, self.n_kv_head, self.head_dim = c.n_head, c.n_kv_head, c.head_dim
         self.gqa = c.n_head != c.n_kv_head
         self.window = c.sliding_window
@@ -78,23 +86,24 @@ class DecodeStep:
 
     def __call__(self, tokens: Tensor, positions: Tensor, cache: KVCache, lo: int, hi: int) -> Tensor:
         n, H, KV, D = tokens.shape[0], self.n_head, self.n_kv_head, self.head_dim
-        length = hi + 1
+        uniform = not self.static and lo == hi  # static: never read lo or hi, so a compiled step never guards on them
+        length = cache.max_len if self.static else hi + 1
         x = F.embedding(tokens, self.tok_emb)
         if self.pos_emb is not None:
             x = x + F.embedding(positions, self.pos_emb)
         # Rows all at one position write with a plain index and read without a mask.
         at: tuple = (slice(0, n), slice(None), lo)
-        if lo != hi:
+        if not uniform:
             at = (torch.arange(n, device=tokens.device), slice(None), positions)
         mask = None
-        if lo != hi or (self.window is not None and self.window < length):
+        if not uniform or (self.window is not None and self.window < length):
             keys = torch.arange(length, device=tokens.device)
             ok = keys <= positions[:, None]
             if self.window is not None:
                 ok &= keys > positions[:, None] - self.window
             mask = ok[:, None, None]  # (n, 1, 1, length)
         if self.cos is not None:
-            cos, sin = (self.cos[lo], self.sin[lo]) if lo == hi else (self.cos[positions][:, None], self.sin[positions][:, None])
+            cos, sin = (self.cos[lo], self.sin[lo]) if uniform else (self.cos[positions][:, None], self.sin[positions][:, None])
         for i, (norm1, qkv, out, norm2, mlp) in enumerate(self.layers):
             # Row-major heads: the fused attention kernels need the last dimension contiguous.
             heads = qkv(norm1(x)).contiguous().view(n, H + 2 * KV, D)
@@ -113,12 +122,14 @@ class DecodeStep:
 
 
 def decode_step(model: Transformer) -> Callable[..., Tensor]:
-    """The engine's decode step for `model`: compiled with CUDA graphs on a GPU, plain on CPU.
+    """The engine's decode step for `model`: plain on CPU, compiled on a GPU.
 
-    On CPU the step is bound by reading the weights (and by per-op overhead for tiny models);
-    compiling costs seconds of start-up per shape, so it is only used where kernel launches dominate.
+    On CPU the step is bound by reading the weights (and by per-op overhead for tiny models),
+    and compiling costs seconds per row count, so it stays eager. On CUDA, where kernel
+    launches dominate a small step, the static step is compiled with `mode="reduce-overhead"`
+    (CUDA graphs where torch can apply them): a graph for the first row count, one with the row
+    count dynamic and one for a single row, never one per position (tests/test_decode.py).
     """
-    step = DecodeStep(model)
     if model.tok_emb.weight.device.type == "cuda":
-        return torch.compile(step, mode="reduce-overhead", dynamic=True)
-    return step
+        return torch.compile(DecodeStep(model, static=True), mode="reduce-overhead")
+    return DecodeStep(model)
