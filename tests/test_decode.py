@@ -8,17 +8,16 @@ from yunque.decode import DecodeStep
 from yunque.matmul import ProductPlan, Linear
 from yunque.quantize import quantize_int8
 
-VARIANTS = {
-    **{family: {} for family in FAMILIES},
-    "qwen2": dict(FAMILIES["llama"], qkv_bias=True, rope_scaling=None, tie_embeddings=True),
-    "gpt2 gqa": dict(n_kv_head=1),
+VARIANTS = {  # name: (family, overrides)
+    **{family: (family, {}) for family in FAMILIES},
+    "qwen2": ("llama", dict(qkv_bias=True, rope_scaling=None, tie_embeddings=True)),
+    "gpt2 gqa": ("gpt2", dict(n_kv_head=1)),
 }
 
 
 def _model(name: str):
-    family = name if name in FAMILIES else "llama" if name == "qwen2" else "gpt2"
-    kw = {k: v for k, v in VARIANTS[name].items() if k not in FAMILIES[family] or FAMILIES[family][k] != v}
-    return tiny(family, **kw)
+    family, overrides = VARIANTS[name]
+    return tiny(family, **overrides)
 
 
 def _plan(model, padded):

@@ -68,9 +68,9 @@ def _after_value(stack: bytes) -> State:
 def _number(sub: int, c: int) -> int | None:
     """The number sub-state after byte `c`, or None if `c` cannot continue the number."""
     if c in _DIGITS:
-        if sub in (_N_MINUS,):
+        if sub == _N_MINUS:
             return _N_ZERO if c == ord("0") else _N_INT
-        if sub == _N_INT or sub == _N_FRAC or sub == _N_EXP:
+        if sub in (_N_INT, _N_FRAC, _N_EXP):
             return sub
         if sub == _N_DOT:
             return _N_FRAC
@@ -188,8 +188,11 @@ class JsonConstraint:
     def complete(self) -> bool:
         return is_complete(self.state)
 
+    def _bytes(self, token_id: int) -> bytes | None:
+        return self.table[token_id] if token_id < len(self.table) else None  # ids past the tokenizer: padding
+
     def _allowed(self, token_id: int) -> bool:
-        data = self.table[token_id] if token_id < len(self.table) else None
+        data = self._bytes(token_id)
         return bool(data) and feed(self.state, data) is not None
 
     def mask(self, logits: Tensor) -> Tensor:
@@ -207,8 +210,7 @@ class JsonConstraint:
         return out
 
     def advance(self, token_id: int) -> None:
-        data = self.table[token_id] if token_id < len(self.table) else None
-        state = feed(self.state, data or b"")
+        state = feed(self.state, self._bytes(token_id) or b"")
         if state is None:
             raise ValueError(f"token {token_id} breaks the JSON constraint it was sampled under")
         self.state = state
