@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from yunque.corpus import iter_documents
-from yunque.data import prepare, token_dtype
-from yunque.tokenizer import Tokenizer
+from yunque.text.corpus import iter_documents
+from yunque.text.shards import prepare, token_dtype
+from yunque.text.tokenizer import Tokenizer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from yunque.config import preset
-from yunque.model import Transformer
+from yunque.model.config import preset
+from yunque.model.transformer import Transformer
 
 # (layers, width, batch, context, vocab)
 SHAPES = [(4, 128, 16, 128, 512), (4, 192, 16, 128, 1024), (6, 256, 16, 128, 1024), (4, 128, 12, 64, 272)]

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from yunque.quickstart import TRAIN_SETTINGS
+from yunque.cli.quickstart import TRAIN_SETTINGS
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -53,8 +53,8 @@ BABY = dict(
 
 def shards(work: Path, vocab: int) -> Path:
     """Tokenizer + shards for `vocab`, made once and cached (not timed)."""
-    from yunque.data import prepare
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.shards import prepare
+    from yunque.text.tokenizer import Tokenizer
 
     data = work / f"data{vocab}"
     if not (data / "meta.json").is_file():
@@ -65,8 +65,8 @@ def shards(work: Path, vocab: int) -> Path:
 
 def run(name: str, setup: dict, budget: float, work: Path, threads: int | None, seed: int, steps: int | None = None) -> dict:
     """Train one config for `budget` seconds (or exactly `steps` steps) and score it on the whole val split."""
-    from yunque.config import TrainConfig
-    from yunque.train import train
+    from yunque.train.config import TrainConfig
+    from yunque.train.loop import train
 
     setup = dict(setup)
     data = shards(work, setup.pop("vocab"))
@@ -87,7 +87,7 @@ def run(name: str, setup: dict, budget: float, work: Path, threads: int | None, 
 def main() -> None:
     import torch
 
-    from yunque.train import parse_overrides
+    from yunque.train.loop import parse_overrides
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, default=180.0, help="training seconds per run")

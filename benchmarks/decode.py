@@ -20,12 +20,12 @@ import time
 import torch
 import transformers
 
-from yunque.decode import DecodeStep
-from yunque.engine import generate_ids
-from yunque.matmul import measure_products, tune_products
-from yunque.model import Transformer
-from yunque.quantize import quantize_int8
-from yunque.scheduler import Engine
+from yunque.infer.decode import DecodeStep
+from yunque.infer.generate import generate_ids
+from yunque.model.matmul import measure_products, tune_products
+from yunque.model.transformer import Transformer
+from yunque.model.quantize import quantize_int8
+from yunque.infer.engine import Engine
 
 PROMPT, NEW = 64, 128
 SIZES = {

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from yunque.config import preset
-from yunque.engine import generate_ids
-from yunque.model import Transformer
-from yunque.quantize import quantize_int8
-from yunque.tokenizer import Tokenizer
+from yunque.model.config import preset
+from yunque.infer.generate import generate_ids
+from yunque.model.transformer import Transformer
+from yunque.model.quantize import quantize_int8
+from yunque.text.tokenizer import Tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 CTX = 128

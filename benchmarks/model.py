@@ -20,8 +20,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from yunque.config import preset
-from yunque.model import Transformer
+from yunque.model.config import preset
+from yunque.model.transformer import Transformer
 
 FLAVOURS = {
     "gpt2": dict(name="gpt2", n_layer=6, n_head=6, d_model=384, max_seq_len=256, vocab_size=8192),

@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serving import LiveServer, make_tiny_model  # noqa: E402  (test helpers: a tiny model and a server subprocess)
 
-from yunque import store  # noqa: E402
+from yunque.store import entries as store  # noqa: E402
 
 
 async def one_request(http: httpx.AsyncClient, model: str, i: int, max_tokens: int) -> tuple[int, float]:

@@ -37,9 +37,9 @@ def make_tiny_model(directory: Path, *, d_model: int = 64, n_layer: int = 2, max
 
     import torch
 
-    from yunque.config import preset
-    from yunque.model import Transformer
-    from yunque.tokenizer import Tokenizer
+    from yunque.model.config import preset
+    from yunque.model.transformer import Transformer
+    from yunque.text.tokenizer import Tokenizer
 
     with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints
         text = training_text()
@@ -114,7 +114,7 @@ class LiveServer:
 
 def serve_tiny(tmp_path_factory, name: str = "tiny", max_seq_len: int = 2048, env: dict[str, str] | None = None) -> LiveServer:
     """A started `LiveServer` whose fresh store holds a tiny model called `name`."""
-    from yunque import store
+    from yunque.store import entries as store
 
     home = tmp_path_factory.mktemp("serve_home")
     src = make_tiny_model(tmp_path_factory.mktemp("tiny") / name, max_seq_len=max_seq_len)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from store_fakes import make_hf_dir
 
-from yunque import store
-from yunque.chat import DEFAULT_CHAT_TEMPLATE, chat_settings, render_chat, render_ollama
+from yunque.store import entries as store
+from yunque.store.entries import chat_settings
+from yunque.text.chat_template import render_chat, render_ollama
+from yunque.text.special import DEFAULT_CHAT_TEMPLATE
 from yunque.errors import YunqueError
-from yunque.gotemplate import looks_like_go, render_go_template
+from yunque.text.gotemplate import looks_like_go, render_go_template
 
 CHATML = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -286,7 +288,7 @@ def test_messages_without_a_role_are_user_errors(bad: list) -> None:
 
 
 def test_yunque_saved_tokenizer_keeps_default_template_and_end_stop(tmp_path: Path) -> None:
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     d = make_hf_dir(tmp_path / "trained")
     Tokenizer.train_from_iterator(["hello world, hello chat"] * 20, 300, show_progress=False).save_pretrained(d)

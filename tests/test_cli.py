@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from yunque.cli import main
+from yunque.cli.app import main
 
 
 def test_error_text_in_square_brackets_is_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

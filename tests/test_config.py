@@ -2,7 +2,8 @@ import re
 
 import pytest
 
-from yunque.config import PRESETS, ModelConfig, TrainConfig, preset
+from yunque.model.config import PRESETS, ModelConfig, preset
+from yunque.train.config import TrainConfig
 from yunque.errors import YunqueError
 
 
@@ -10,7 +11,7 @@ from yunque.errors import YunqueError
 def test_presets_map_to_a_hugging_face_family_and_round_trip(name):
     import torch
 
-    from yunque.hf import FAMILIES, config_from_hf, config_to_hf, family_of
+    from yunque.model.hf import FAMILIES, config_from_hf, config_to_hf, family_of
 
     cfg = preset(name)
     hf = config_to_hf(cfg, torch.float32)

@@ -6,8 +6,8 @@ import pytest
 from test_engine import model, tok  # noqa: F401  (fixtures: a tiny model and its tokenizer)
 import torch
 
-from yunque import constrain
-from yunque.engine import generate
+from yunque.infer import constrain
+from yunque.infer.generate import generate
 from yunque.errors import YunqueError
 
 VALID = [
@@ -91,7 +91,7 @@ def test_generation_under_the_constraint_always_parses(model, tok, temperature):
 
 
 def test_json_output_needs_a_tokenizer(model):
-    from yunque.engine import generate_ids
+    from yunque.infer.generate import generate_ids
 
     with pytest.raises(YunqueError, match="tokenizer"):
         generate_ids(model, [1, 2, 3], json_object=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from yunque.corpus import _python_docs_pages, iter_documents, normalise, python_docs, strip_gutenberg_boilerplate
+from yunque.text.corpus import _python_docs_pages, iter_documents, normalise, python_docs, strip_gutenberg_boilerplate
 from yunque.errors import YunqueError
 
 

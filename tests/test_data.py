@@ -12,11 +12,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import yunque.data as data
-from yunque.cli import app
-from yunque.data import TokenShards, bits_per_byte, plan_split, prepare, token_dtype
+import yunque.text.shards as data
+from yunque.cli.app import app
+from yunque.text.shards import TokenShards, bits_per_byte, plan_split, prepare, token_dtype
 from yunque.errors import YunqueError
-from yunque.tokenizer import GPT2_PATTERN, Tokenizer
+from yunque.text.tokenizer import GPT2_PATTERN, Tokenizer
 
 WORDS = "the quick brown fox jumps over lazy dogs while señor García eats 🍕 and café crème".split()
 

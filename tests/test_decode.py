@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from test_model import FAMILIES, tiny
-from yunque.decode import DecodeStep
-from yunque.matmul import ProductPlan, Linear
-from yunque.quantize import quantize_int8
+from yunque.infer.decode import DecodeStep
+from yunque.model.matmul import ProductPlan, Linear
+from yunque.model.quantize import quantize_int8
 
 VARIANTS = {  # name: (family, overrides)
     **{family: (family, {}) for family in FAMILIES},

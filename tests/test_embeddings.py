@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from yunque.config import ModelConfig
-from yunque.embeddings import embed
+from yunque.model.config import ModelConfig
+from yunque.infer.embeddings import embed
 from yunque.errors import YunqueError
-from yunque.model import Transformer
-from yunque.tokenizer import Tokenizer
+from yunque.model.transformer import Transformer
+from yunque.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

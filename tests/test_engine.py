@@ -5,12 +5,13 @@ import threading
 import pytest
 import torch
 
-from yunque.config import ModelConfig
-from yunque.engine import GenerationResult, generate, generate_batch, generate_ids
+from yunque.model.config import ModelConfig
+from yunque.infer.batch import GenerationResult
+from yunque.infer.generate import generate, generate_batch, generate_ids
 from yunque.errors import YunqueError
-from yunque.model import Transformer
-from yunque.scheduler import Engine, QueueFullError
-from yunque.tokenizer import Tokenizer
+from yunque.model.transformer import Transformer
+from yunque.infer.engine import Engine, QueueFullError
+from yunque.text.tokenizer import Tokenizer
 
 TEXT = (
     "En un lugar de la Mancha, de cuyo nombre no quiero acordarme, no ha mucho tiempo que vivía un hidalgo. "
@@ -69,9 +70,9 @@ def test_batch_of_different_lengths_equals_each_alone(model):
 
 
 def test_long_prompts_are_prefilled_in_chunks(model, monkeypatch):
-    import yunque.engine
+    import yunque.infer.batch
 
-    monkeypatch.setattr(yunque.engine, "_LOGITS_BUDGET", 5 * model.config.vocab_size)  # 2 rows x 2 tokens per forward
+    monkeypatch.setattr(yunque.infer.batch, "_LOGITS_BUDGET", 5 * model.config.vocab_size)  # 2 rows x 2 tokens per forward
     prompts = [list(range(1, 12)), list(range(20, 29))]
     results = generate_batch(model, prompts, temperature=0, max_new_tokens=6, stop_token_ids=[])
     assert [r.token_ids for r in results] == [naive_greedy(model, p, 6) for p in prompts]
@@ -259,7 +260,7 @@ def test_shutdown_cancels_running_work_and_refuses_new(model):
 def test_cli_generate_streams_and_reports_speed(model, tok, tmp_path):
     from typer.testing import CliRunner
 
-    from yunque.cli import app
+    from yunque.cli.app import app
 
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
@@ -287,7 +288,7 @@ def test_cli_generate_errors_are_one_sentence(tmp_path):
 
     from typer.testing import CliRunner
 
-    from yunque.cli import app
+    from yunque.cli.app import app
 
     res = subprocess.run([sys.executable, "-m", "yunque.cli", "generate", str(tmp_path / "nope"), "hi"], capture_output=True, text=True)
     assert res.returncode == 1 and "does not exist" in " ".join(res.stderr.split()) and "Traceback" not in res.stderr

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from yunque.engine import generate_batch, generate_ids
-from yunque.model import Transformer
+from yunque.infer.generate import generate_batch, generate_ids
+from yunque.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 

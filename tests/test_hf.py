@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from yunque.config import ModelConfig
+from yunque.model.config import ModelConfig
 from yunque.errors import YunqueError
-from yunque.hf import config_from_hf, describe, family_of
-from yunque.model import Transformer
+from yunque.model.accounting import describe
+from yunque.model.hf import config_from_hf, family_of
+from yunque.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -219,7 +220,7 @@ def test_rope_settings_read_in_transformers_4_spelling():
 def test_inspect_command_prints_a_table_and_json(tmp_path):
     from typer.testing import CliRunner
 
-    from yunque.cli import app
+    from yunque.cli.app import app
 
     hf_model("qwen2").save_pretrained(tmp_path)
     runner = CliRunner()
@@ -249,7 +250,7 @@ def test_gpt2_checkpoint_in_openai_layout_loads(tmp_path):
     [("gpt2", "activation_function", "relu"), ("gpt2", "scale_attn_by_inverse_layer_idx", True), ("llama", "hidden_act", "gelu")],
 )
 def test_unsupported_computation_settings_are_refused_by_name(model_type, key, value):
-    from yunque.hf import config_from_hf
+    from yunque.model.hf import config_from_hf
 
     with pytest.raises(YunqueError, match=key):
         config_from_hf({"model_type": model_type, key: value})

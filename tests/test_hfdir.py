@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import save_file
 
 from yunque.errors import YunqueError
-from yunque.hfdir import dtype_counts, header_stats, read_config, read_json, weight_files
+from yunque.fsutil import read_json
+from yunque.model.hfdir import dtype_counts, header_stats, read_config, weight_files
 
 
 def _shards(path: Path, names: dict[str, str]) -> None:
@@ -105,5 +106,5 @@ def test_a_damaged_or_truncated_file_is_named(tmp_path: Path) -> None:
 
 
 def test_the_store_and_hfdir_import_without_torch() -> None:
-    code = "import sys, yunque.store, yunque.hfdir; assert 'torch' not in sys.modules"
+    code = "import sys, yunque.store.entries, yunque.model.hfdir; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,11 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yunque import matmul
-from yunque.config import ModelConfig
-from yunque.engine import generate_ids
-from yunque.matmul import Linear, ProductPlan, measure_products, plan_from, tune_products
-from yunque.model import Transformer
+from yunque.model import matmul
+from yunque.model.config import ModelConfig
+from yunque.infer.generate import generate_ids
+from yunque.model.matmul import Linear, ProductPlan, measure_products, plan_from, tune_products
+from yunque.model.transformer import Transformer
 
 
 def _model(**kw) -> Transformer:

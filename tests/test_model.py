@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from yunque.config import ModelConfig
+from yunque.model.config import ModelConfig
 from yunque.errors import YunqueError
-from yunque.model import Transformer, load_balancing_loss
+from yunque.model.transformer import Transformer, load_balancing_loss
 
 FAMILIES = {
     "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu"),

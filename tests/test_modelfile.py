@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from yunque.errors import YunqueError
-from yunque.modelfile import Modelfile, check_parameters, parse_modelfile, render_modelfile
+from yunque.store.modelfile import Modelfile, check_parameters, parse_modelfile, render_modelfile
 
 FULL = '''# a pirate on top of a base model
 from ./base

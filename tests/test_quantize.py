@@ -1,10 +1,10 @@
 import torch
 from torch import nn
 
-from yunque.config import ModelConfig
-from yunque.engine import generate_ids
-from yunque.model import Transformer
-from yunque.quantize import Int8Linear, quantize_int8
+from yunque.model.config import ModelConfig
+from yunque.infer.generate import generate_ids
+from yunque.model.transformer import Transformer
+from yunque.model.quantize import Int8Linear, quantize_int8
 
 
 def test_int8_linear_is_close_and_stores_int8():

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from yunque.cli import app
-from yunque.data import TokenShards
+from yunque.cli.app import app
+from yunque.text.shards import TokenShards
 from yunque.errors import YunqueError
-from yunque.model import Transformer
-from yunque.quickstart import quickstart
-from yunque.store import get
-from yunque.tokenizer import Tokenizer
+from yunque.model.transformer import Transformer
+from yunque.cli.quickstart import quickstart
+from yunque.store.entries import get
+from yunque.text.tokenizer import Tokenizer
 
 THREADS = torch.get_num_threads()
 
@@ -55,8 +55,8 @@ def test_quickstart_refuses_a_directory_of_other_files(tmp_path):
 
 
 def test_a_failed_training_keeps_the_previous_model(tmp_path, monkeypatch):
-    import yunque.train
-    from yunque.quickstart import QuickstartOptions, QuickstartReport, train_model
+    import yunque.train.loop
+    from yunque.cli.quickstart import QuickstartOptions, QuickstartReport, train_model
 
     report = QuickstartReport(run_dir=tmp_path)
     (report.model_dir).mkdir(parents=True)
@@ -67,7 +67,7 @@ def test_a_failed_training_keeps_the_previous_model(tmp_path, monkeypatch):
         assert cfg.out != str(report.train_dir)
         raise YunqueError("training failed")
 
-    monkeypatch.setattr(yunque.train, "train", failing_train)
+    monkeypatch.setattr(yunque.train.loop, "train", failing_train)
     with pytest.raises(YunqueError, match="training failed"):
         train_model(report, QuickstartOptions(progress=False))
     assert (report.model_dir / "model.safetensors").read_bytes() == b"the previous model"
@@ -77,7 +77,7 @@ def test_a_failed_training_keeps_the_previous_model(tmp_path, monkeypatch):
 def test_the_next_steps_name_the_vocabulary_size_chosen(tmp_path):
     from rich.console import Console
 
-    from yunque.quickstart import QuickstartReport, render
+    from yunque.cli.quickstart import QuickstartReport, render
 
     split = {"documents": 2, "tokens": 10, "bytes": 40}
     report = QuickstartReport(

@@ -3,10 +3,10 @@ import dataclasses
 import pytest
 import torch
 
-from yunque import sampling
+from yunque.infer import sampling
 from yunque.errors import YunqueError
-from yunque.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
-from yunque.textstream import StopStrings
+from yunque.infer.sampling import SamplingBatch, SamplingParams, apply_penalties, sample
+from yunque.infer.textstream import StopStrings
 
 
 def batch_of(*params, seeds=None):

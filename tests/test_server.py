@@ -18,7 +18,7 @@ import openai
 import pytest
 from serving import rss_bytes, serve_tiny
 
-from yunque import constrain
+from yunque.infer import constrain
 
 CONTEXT = 2048
 

@@ -14,10 +14,10 @@ import pytest
 from serving import free_port, make_tiny_model
 
 from yunque.errors import YunqueError
-from yunque.server.client import Client
+from yunque.cli.client import Client
 from yunque.server.errors import ModelNotFound
 from yunque.server.manager import ModelManager
-from yunque.server.repl import chat_loop
+from yunque.cli.repl import chat_loop
 from yunque.server.settings import base_url, is_loopback, parse_host, parse_keep_alive, require_key_for
 
 
@@ -72,7 +72,7 @@ def test_keep_alive_forever_and_errors():
 
 @pytest.fixture
 def store_with_models(tmp_path, monkeypatch):
-    from yunque import store
+    from yunque.store import entries as store
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
     for name in ("a", "b", "c"):
@@ -130,7 +130,7 @@ def test_manager_loads_once_keeps_alive_and_unloads(store_with_models):
 
 
 def test_api_key_is_required_on_every_route(store_with_models):
-    from yunque.server import create_app
+    from yunque.server.app import create_app
 
     app = create_app(ModelManager(_fake_loader([])), api_key="s3cret")
 
@@ -189,7 +189,7 @@ class _FullEngine:
     active = waiting = 0
 
     def submit(self, ids, params):
-        from yunque.engine import QueueFullError
+        from yunque.infer.batch import QueueFullError
 
         raise QueueFullError("full")
 
@@ -198,8 +198,8 @@ class _FullEngine:
 
 
 def test_full_queue_is_503_in_both_dialects(store_with_models):
-    from yunque.server import create_app
-    from yunque.tokenizer import Tokenizer
+    from yunque.server.app import create_app
+    from yunque.text.tokenizer import Tokenizer
 
     def load(entry):
         return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
@@ -232,7 +232,7 @@ def test_serve_on_a_busy_port_is_one_sentence_before_serving(tmp_path):
 
 
 def test_load_runner_reads_the_tokenizer_before_the_weights(tmp_path, monkeypatch):
-    from yunque.model import Transformer
+    from yunque.model.transformer import Transformer
     from yunque.server.runner import load_runner
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
@@ -247,9 +247,9 @@ def test_load_runner_reads_the_tokenizer_before_the_weights(tmp_path, monkeypatc
 
 
 def test_runner_embed_encodes_each_text_once_and_counts_what_it_read(tmp_path, monkeypatch):
-    from yunque.model import Transformer
+    from yunque.model.transformer import Transformer
     from yunque.server.runner import Runner
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
     tokenizer = Tokenizer.from_pretrained(src)
@@ -266,11 +266,11 @@ def test_runner_embed_encodes_each_text_once_and_counts_what_it_read(tmp_path, m
 
 
 def test_streams_batch_their_deltas_under_load_and_not_alone(tmp_path, monkeypatch):
-    from yunque.model import Transformer
-    from yunque.scheduler import Engine
+    from yunque.model.transformer import Transformer
+    from yunque.infer.engine import Engine
     from yunque.server import generation as gen
     from yunque.server.runner import Runner
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=256, vocab_size=300)
     tokenizer, model = Tokenizer.from_pretrained(src), Transformer.from_pretrained(src)

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from store_fakes import make_hf_dir
 
-from yunque import store
+from yunque.store import entries as store
 from yunque.errors import YunqueError
-from yunque.store import ModelName, parse_name
+from yunque.store.entries import ModelName, parse_name
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_resolve_prefers_store_names_and_accepts_directories(tmp_path: Path, hf_
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    from yunque.cli import main
+    from yunque.cli.app import main
 
     monkeypatch.setattr("sys.argv", ["yunque", *args])
     with pytest.raises(SystemExit) as exit_info:
@@ -369,7 +369,7 @@ def test_import_refuses_to_replace_an_entry_unless_forced(hf_dir: Path, monkeypa
 def test_export_writes_a_loadable_hugging_face_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from serving import make_tiny_model
 
-    from yunque.model import Transformer
+    from yunque.model.transformer import Transformer
 
     src = make_tiny_model(tmp_path / "src", d_model=32, n_layer=1, max_seq_len=32, vocab_size=300)
     store.import_model(src, "tiny")

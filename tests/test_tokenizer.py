@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from yunque import Tokenizer
-from yunque.cli import app
+from yunque.cli.app import app
 from yunque.errors import YunqueError
-from yunque.tokenizer import MAX_VOCAB_SIZE, SPECIAL_TOKENS, train_tokenizer
+from yunque.text.special import SPECIAL_TOKENS
+from yunque.text.tokenizer import MAX_VOCAB_SIZE, train_tokenizer
 
 # Any Unicode text that has a UTF-8 form (lone surrogates do not).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)
@@ -302,7 +303,8 @@ def test_reads_a_byte_level_bpe_trained_by_tokenizers(tmp_path, corpus):
 def test_saved_tokenizer_carries_the_default_chat_template_for_transformers(tmp_path):
     from transformers import AutoTokenizer
 
-    from yunque.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+    from yunque.text.chat_template import render_chat
+    from yunque.text.special import DEFAULT_CHAT_TEMPLATE
 
     tok = Tokenizer.train_from_iterator(["Hello there, how are you today?"] * 50, 300)
     tok.save_pretrained(tmp_path / "tok")

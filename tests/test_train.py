@@ -20,13 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from yunque.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state
-from yunque.config import TrainConfig
-from yunque.data import TokenShards, prepare
+from yunque.train.checkpoint import latest_checkpoint, list_checkpoints, load_weights, read_state
+from yunque.train.config import TrainConfig
+from yunque.text.shards import TokenShards, prepare
 from yunque.errors import YunqueError
-from yunque.model import Transformer
-from yunque.tokenizer import Tokenizer
-from yunque.train import evaluate, lr_at, model_config, read_metrics, resolve_config, train
+from yunque.model.transformer import Transformer
+from yunque.text.tokenizer import Tokenizer
+from yunque.train.loop import evaluate, lr_at, model_config, read_metrics, resolve_config, train
 
 TINY = {"n_layer": 2, "d_model": 32, "n_head": 2, "n_kv_head": 2, "d_ff": 64}
 WORDS = "the king queen lord love death night day sword crown heart blood fair sweet good my thy and of to".split()

@@ -13,17 +13,18 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "YunqueError": "yunque.errors",
-    "ModelConfig": "yunque.config",
-    "Tokenizer": "yunque.tokenizer",
-    "Transformer": "yunque.model",
-    "generate": "yunque.engine",
-    "generate_ids": "yunque.engine",
-    "generate_batch": "yunque.engine",
-    "GenerationResult": "yunque.engine",
-    "SamplingParams": "yunque.sampling",
-    "Engine": "yunque.scheduler",
-    "embed": "yunque.embeddings",
-    "quantize_int8": "yunque.quantize",
+    "ModelConfig": "yunque.model.config",
+    "Tokenizer": "yunque.text.tokenizer",
+    "Transformer": "yunque.model.transformer",
+    "load": "yunque.infer.generate",
+    "generate": "yunque.infer.generate",
+    "generate_ids": "yunque.infer.generate",
+    "generate_batch": "yunque.infer.generate",
+    "GenerationResult": "yunque.infer.batch",
+    "SamplingParams": "yunque.infer.sampling",
+    "Engine": "yunque.infer.engine",
+    "embed": "yunque.infer.embeddings",
+    "quantize_int8": "yunque.model.quantize",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,5 +1,5 @@
 """`python -m yunque` (and `torchrun -m yunque train ...`) run the command line."""
 
-from yunque.cli import main
+from yunque.cli.app import main
 
 main()

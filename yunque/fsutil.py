@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old content or the new, never half of one.
+"""Files: atomic writes (a reader sees the old content or the new, never half of one), and
+reading a JSON object with a one-sentence error.
 
 Everything yunque writes that a later step trusts (tokenizers, shards, checkpoints,
 the model store) goes through these helpers: write into a temporary sibling, fsync,
@@ -8,11 +9,14 @@ then rename over the target.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+from yunque.errors import YunqueError
 
 
 def _umask() -> int:
@@ -87,3 +91,19 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path`, or a one-sentence YunqueError naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise YunqueError(f"{path} is missing; the model directory is incomplete.") from None
+    except OSError as e:
+        raise YunqueError(f"{path} cannot be read ({e.strerror or e}); check that it is a readable file.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise YunqueError(f"{path} is not valid JSON ({e}); fix or replace the file.") from None
+    if not isinstance(data, dict):
+        raise YunqueError(f"{path} must hold a JSON object; fix or replace the file.")
+    return data

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from yunque import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
+from yunque.cli import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
 from yunque.errors import YunqueError
 
 app = typer.Typer(
@@ -44,7 +44,7 @@ def tokenizer_train(
     force: bool = typer.Option(False, "--force", help="Replace a different tokenizer already in --out."),
 ) -> None:
     """Train a byte-level BPE tokenizer (GPT-4 split pattern, chat special tokens) on your own text."""
-    from yunque.tokenizer import train_tokenizer
+    from yunque.text.tokenizer import train_tokenizer
 
     # tokenizers' progress bar writes to stdout; show it only to a person watching a terminal
     summary = train_tokenizer(files, vocab_size, out, force=force, show_progress=sys.stderr.isatty())
@@ -63,7 +63,7 @@ def tokenizer_encode(
     allow_special: bool = typer.Option(False, "--allow-special", help="Turn special-token text like <|endoftext|> into its id."),
 ) -> None:
     """Print the token ids of TEXT, separated by spaces."""
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(directory)
     if text == "-":
@@ -77,7 +77,7 @@ def tokenizer_decode(
     ids: list[str] = typer.Argument(..., help="Token ids, or '-' to read them from standard input."),
 ) -> None:
     """Print the text of token IDS."""
-    from yunque.tokenizer import Tokenizer, parse_ids
+    from yunque.text.tokenizer import Tokenizer, parse_ids
 
     tok = Tokenizer.from_pretrained(directory)
     typer.echo(tok.decode(parse_ids(_read_stdin_if_dash(ids))))
@@ -93,7 +93,7 @@ def serve_cmd(
     max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
 ) -> None:
     """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
-    from yunque.server import serve
+    from yunque.server.app import serve
     from yunque.server.settings import base_url, env_host, parse_keep_alive
 
     env_hostname, env_port = env_host()
@@ -115,7 +115,7 @@ def run_cmd(
     prompt: str = typer.Argument(None, help="Answer this prompt and exit; without it, chat interactively."),
 ) -> None:
     """Chat with a model: through the running server if there is one, else loading it in this process."""
-    from yunque.server.repl import run_model
+    from yunque.cli.repl import run_model
 
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -127,7 +127,7 @@ def ps_cmd() -> None:
     """List the models the running server has loaded."""
     from rich.table import Table
 
-    from yunque.server.client import Client
+    from yunque.cli.client import Client
 
     table = Table("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", box=None)
     for m in Client().ps():
@@ -138,7 +138,7 @@ def ps_cmd() -> None:
 @app.command("stop")
 def stop_cmd(name: str = typer.Argument(..., help="Model to unload from the running server.")) -> None:
     """Unload a model from the running server (it finishes the requests it is serving first)."""
-    from yunque.server.client import Client
+    from yunque.cli.client import Client
 
     Client().stop(name)
     console.print(f"stopped {name}", highlight=False)
@@ -154,7 +154,7 @@ def data_prepare(
     force: bool = typer.Option(False, "--force", help="Replace shards already in --out."),
 ) -> None:
     """Encode text corpora into token shards (train.bin, val.bin, meta.json) for training."""
-    from yunque.data import prepare
+    from yunque.text.shards import prepare
 
     meta = prepare(inputs, tokenizer, out, val_fraction=val_fraction, strip_gutenberg=strip_gutenberg, force=force)
     for split, info in meta["splits"].items():
@@ -200,7 +200,7 @@ def train_command(
 ) -> None:
     """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in locals().items() if k not in ("config", "resume")}
-    from yunque.train import parse_overrides, resolve_config, train
+    from yunque.train.loop import parse_overrides, resolve_config, train
 
     flags["model"] = parse_overrides(model) if model else None
     cfg = resolve_config(config, resume=resume, **flags)
@@ -227,7 +227,7 @@ def inspect(
     """Describe a model directory: family, parameters, FLOPs per token, context, vocabulary, dtype and size."""
     from rich.table import Table
 
-    from yunque.hf import describe
+    from yunque.model.accounting import describe
 
     info = describe(model_dir)
     if json_output:
@@ -262,7 +262,7 @@ def quickstart_command(
     train_seconds: float = typer.Option(quickstart_defaults.DEFAULT_TRAIN_SECONDS, "--train-seconds", help="Seconds to train the model for."),
 ) -> None:
     """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
-    from yunque.quickstart import quickstart, render
+    from yunque.cli.quickstart import quickstart, render
 
     with console.status("starting") as status:
 
@@ -296,9 +296,9 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print token counts and tokens per second to stderr."),
 ) -> None:
     """Continue PROMPT with a model, streaming the text as it is generated."""
-    from yunque.engine import generate as generate_text
-    from yunque.engine import load
-    from yunque.sampling import SamplingParams
+    from yunque.infer.generate import generate as generate_text
+    from yunque.infer.generate import load
+    from yunque.infer.sampling import SamplingParams
 
     params = SamplingParams(  # checked before the model is loaded: cheap mistakes fail fast
         max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -322,7 +322,7 @@ def generate(
         )
 
 
-# ---- Ollama-style model store verbs (library: yunque.store, yunque.modelfile, yunque.chat) ----
+# ---- Ollama-style model store verbs (library: yunque.store) ----
 
 
 def _size(n: int) -> str:
@@ -351,7 +351,7 @@ def import_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing model of that name (its settings are lost)."),
 ) -> None:
     """Copy a Hugging Face model directory into the local model store under NAME."""
-    from yunque.store import import_model
+    from yunque.store.entries import import_model
 
     entry = import_model(src, name, force=force)
     console.print(f"imported {entry.name} (id {entry.short_id}, {_size(entry.size)})", highlight=False)
@@ -363,7 +363,7 @@ def create(
     file: Path = typer.Option(Path("Modelfile"), "--file", "-f", help="The Modelfile; FROM paths in it are relative to its folder."),
 ) -> None:
     """Create a model from a Modelfile (FROM a store model or a directory, plus PARAMETER, SYSTEM, TEMPLATE ...)."""
-    from yunque.store import create as create_model
+    from yunque.store.entries import create as create_model
 
     try:
         text = file.read_text(encoding="utf-8")
@@ -376,7 +376,7 @@ def create(
 @app.command("list")
 def list_cmd() -> None:
     """List the models in the local store (NAME, ID, SIZE, MODIFIED)."""
-    from yunque.store import list_models
+    from yunque.store.entries import list_models
 
     rows = [("NAME", "ID", "SIZE", "MODIFIED")]
     rows += [(str(e.name), e.short_id, _size(e.size), _ago(e.modified)) for e in list_models()]
@@ -395,9 +395,9 @@ def show(
     license: bool = typer.Option(False, "--license", help="Print the license."),
 ) -> None:
     """Show a model's details, or one of its Modelfile, parameters, template, system prompt or license."""
-    from yunque.chat import chat_settings
-    from yunque.modelfile import render_modelfile
-    from yunque.store import resolve
+    from yunque.store.entries import chat_settings
+    from yunque.store.modelfile import render_modelfile
+    from yunque.store.entries import resolve
 
     if sum((modelfile, parameters, template, system, license)) > 1:
         raise YunqueError("Pass at most one of --modelfile, --parameters, --template, --system and --license.")
@@ -436,7 +436,7 @@ def show(
 @app.command()
 def rm(names: list[str] = typer.Argument(..., help="Store names to remove.")) -> None:
     """Remove models from the local store (models created FROM them keep working)."""
-    from yunque.store import delete, require
+    from yunque.store.entries import delete, require
 
     # every name is checked before anything is removed; `pirate` and `pirate:latest` are one entry
     found = list(dict.fromkeys(require(n) for n in names))
@@ -452,7 +452,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
 ) -> None:
     """Copy a store model out as a plain Hugging Face directory (config.json, *.safetensors, tokenizer files)."""
-    from yunque.store import export_model
+    from yunque.store.entries import export_model
 
     out = export_model(name, directory, force=force)
     console.print(f"exported {name} to {out}", highlight=False, soft_wrap=True)
@@ -461,7 +461,7 @@ def export(
 @app.command()
 def cp(src: str = typer.Argument(..., help="Existing store name."), dst: str = typer.Argument(..., help="New store name.")) -> None:
     """Copy a model to a new name (shares the weight files, no extra space)."""
-    from yunque.store import copy
+    from yunque.store.entries import copy
 
     entry = copy(src, dst)
     console.print(f"copied {src} to {entry.name}", highlight=False)

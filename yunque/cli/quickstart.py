@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yunque.corpus import BUILTIN_CORPUS, python_docs
+from yunque.text.corpus import BUILTIN_CORPUS, python_docs
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
 
@@ -105,7 +105,7 @@ def read_corpus(report: QuickstartReport, options: QuickstartOptions) -> None:
 
 def train_tokenizer_stage(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Train a byte-level BPE tokenizer on the corpus into run_dir/tokenizer."""
-    from yunque.tokenizer import train_tokenizer
+    from yunque.text.tokenizer import train_tokenizer
 
     summary = train_tokenizer(
         [report.corpus], options.vocab_size, report.tokenizer_dir, force=True, show_progress=options.progress
@@ -116,16 +116,16 @@ def train_tokenizer_stage(report: QuickstartReport, options: QuickstartOptions) 
 
 def prepare_shards(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Encode the corpus into train/val token shards in run_dir/data."""
-    from yunque.data import prepare
+    from yunque.text.shards import prepare
 
     report.shards = prepare([report.corpus], report.tokenizer_dir, report.data_dir, force=True, progress=options.progress)
 
 
 def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Pretrain a small model on the shards for `train_seconds` into run_dir/train (model in train/model)."""
-    from yunque.config import TrainConfig
-    from yunque.model import Transformer
-    from yunque.train import train
+    from yunque.train.config import TrainConfig
+    from yunque.model.transformer import Transformer
+    from yunque.train.loop import train
 
     # Train into a temporary sibling that replaces an earlier quickstart's run only once this one
     # has finished: a failed or interrupted re-run keeps the previous model.
@@ -149,7 +149,7 @@ def train_model(report: QuickstartReport, options: QuickstartOptions) -> None:
 
 def save_to_store(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Add the trained model to the local store, so `yunque run` and `yunque serve` find it by name."""
-    from yunque.store import import_model
+    from yunque.store.entries import import_model
 
     report.model_name = str(import_model(report.model_dir, STORE_NAME, force=True).name)
 
@@ -189,7 +189,7 @@ def quickstart(
     `on_stage(name, description)` is called as each stage starts, for a progress display;
     `train_progress` (default: `progress`) shows the training progress bar.
     """
-    from yunque.tokenizer import check_vocab_size
+    from yunque.text.tokenizer import check_vocab_size
 
     check_vocab_size(vocab_size)
     if train_seconds <= 0:

@@ -11,8 +11,8 @@ import contextlib
 import sys
 from typing import Any, Callable, Iterator, Protocol, TextIO
 
-from yunque.modelfile import check_parameter
-from yunque.server.client import Client
+from yunque.store.modelfile import check_parameter
+from yunque.cli.client import Client
 
 HELP = """Available commands:
   /set system <text>             set the system message

@@ -1,10 +1,10 @@
 """Generation: a static KV cache, one prefill pass, then one token per step for every active row.
 
-Three ways in, one machinery underneath (`Batch`, a set of cache slots decoded together):
-- `generate_ids(model, ids, ...)` / `generate(model, tokenizer, prompt, ...)`: one sequence,
+Three ways in, one machinery underneath (`Batch`, here: a set of cache slots decoded together):
+- `generate_ids(model, ids, ...)` / `generate(model, tokenizer, prompt, ...)` (yunque.infer.generate): one sequence,
   streamed in the caller's thread; the returned stream carries a `GenerationResult` once done.
 - `generate_batch(model, prompts, ...)`: several prompts of different lengths decoded together.
-- `Engine`: a background thread that owns the model and runs continuous batching: requests
+- `Engine` (yunque.infer.engine): a background thread that owns the model and runs continuous batching: requests
   join free slots and leave between decode steps, each with its own sampling settings. Its
   handles are sync and async iterators, so an asyncio server never blocks its event loop.
 
@@ -16,22 +16,20 @@ the batch changes.
 
 from __future__ import annotations
 
-import collections
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from yunque.constrain import JsonConstraint
-from yunque.decode import decode_step
+from yunque.infer.constrain import JsonConstraint
+from yunque.infer.decode import decode_step
 from yunque.errors import YunqueError
-from yunque.matmul import tune_products
-from yunque.model import KVCache, Transformer
-from yunque.sampling import SamplingBatch, SamplingParams, sample
-from yunque.textstream import TextStream
+from yunque.model.matmul import tune_products
+from yunque.model.transformer import KVCache, Transformer
+from yunque.infer.sampling import SamplingBatch, SamplingParams, sample
+from yunque.infer.textstream import TextStream
 
 
 class QueueFullError(YunqueError):
@@ -307,25 +305,7 @@ def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
     return groups
 
 
-def load(model_dir: str | Path, *, int8: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:
-    """Model and tokenizer of a Hugging Face-layout directory, ready for generation (`int8`: quantize for CPU)."""
-    from yunque.quantize import quantize_int8
-    from yunque.tokenizer import Tokenizer
-
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json, model.safetensors and tokenizer.json.")
-    model = Transformer.from_pretrained(path, dtype=dtype, device=device).eval()
-    if int8:
-        quantize_int8(model)
-    return model, Tokenizer.from_pretrained(path)
-
-
 # ---------------------------------------------------------------------- request preparation
-
-
-def _context(model: Transformer, max_len: int | None) -> int:
-    return max_len or model.config.max_seq_len
 
 
 def prepare_prompt(ids: Sequence[int], params: SamplingParams, context: int, vocab_size: int) -> tuple[list[int], bool]:
@@ -375,105 +355,3 @@ def make_request(model: Transformer, tokenizer: Any, prompt: str | Sequence[int]
     if params.json_object:
         req.constraint = JsonConstraint(tokenizer)
     return req
-
-
-# ---------------------------------------------------------------------- one sequence, in the caller's thread
-
-
-class Stream:
-    """An iterator over one generation's ids or text pieces; `.result` is set once it is exhausted.
-
-    Breaking out of the loop early and calling `close()` records the generation as cancelled.
-    """
-
-    def __init__(self, model: Transformer, tokenizer: Any, prompt: str | Sequence[int], params: SamplingParams,
-                 want_text: bool, max_len: int | None = None) -> None:
-        self._chunks: collections.deque[Chunk] = collections.deque()
-        self.result: GenerationResult | None = None
-        context = _context(model, max_len)
-        self._req = make_request(model, tokenizer, prompt, params, context, self._chunks.append, self._set_result)
-        self._want_text = want_text
-        self._batch = Batch(model, 1, min(context, len(self._req.prompt_ids) + params.max_new_tokens))
-        self._started = False
-
-    def _set_result(self, result: GenerationResult) -> None:
-        self.result = result
-
-    def __iter__(self) -> "Stream":
-        return self
-
-    def __next__(self) -> Any:
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                if self._want_text:
-                    if chunk.text:
-                        return chunk.text
-                    continue
-                if chunk.token_ids:
-                    return chunk.token_ids[0]
-                continue
-            if self.result is not None:
-                raise StopIteration
-            if not self._started:
-                self._started = True
-                self._batch.add(self._req)
-            else:
-                self._batch.step()
-
-    def close(self) -> None:
-        """Stop early: the result reports `cancelled`."""
-        if self.result is None:
-            self._req.cancelled = True
-            if self._req in self._batch.active:
-                self._batch.remove(self._req, "cancelled")
-            else:
-                self._req.finish("cancelled")
-
-
-def generate_ids(model: Transformer, input_ids: Sequence[int] | Tensor, params: SamplingParams | None = None,
-                 tokenizer: Any = None, max_len: int | None = None, **sampling: Any) -> Stream:
-    """Stream the ids of a continuation of `input_ids` (greedy when temperature == 0).
-
-    `sampling` holds `SamplingParams` fields (temperature, top_k, top_p, min_p, penalties, seed,
-    max_new_tokens, stop_token_ids, truncate). A stop token ends generation and is not yielded.
-    """
-    params = SamplingParams.from_kwargs(params, **sampling)
-    if isinstance(input_ids, Tensor):
-        if input_ids.dim() == 2 and input_ids.shape[0] != 1:
-            raise YunqueError(f"generate_ids takes one sequence, got a batch of {input_ids.shape[0]}; use generate_batch.")
-        input_ids = input_ids.flatten().tolist()
-    return Stream(model, tokenizer, input_ids, params, want_text=False, max_len=max_len)
-
-
-def generate(model: Transformer, tokenizer: Any, prompt: str, params: SamplingParams | None = None,
-             max_len: int | None = None, **sampling: Any) -> Stream:
-    """Stream text pieces of a continuation of `prompt`, each made of complete UTF-8 characters.
-
-    Stop strings end generation and are not emitted; text that could still be the start of one
-    is held back until it is ruled out. `stream.result` has the finish reason, counts and timings.
-    """
-    params = SamplingParams.from_kwargs(params, **sampling)
-    return Stream(model, tokenizer, prompt, params, want_text=True, max_len=max_len)
-
-
-def generate_batch(model: Transformer, prompts: Sequence[str | Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None = None,
-                   tokenizer: Any = None, max_len: int | None = None, **sampling: Any) -> list[GenerationResult]:
-    """Generate for several prompts (of any lengths) decoded together; results in prompt order."""
-    if params is None or isinstance(params, SamplingParams):
-        params = [SamplingParams.from_kwargs(params, **sampling)] * len(prompts)
-    elif sampling:
-        raise YunqueError("Pass either a list of SamplingParams or sampling keywords, not both.")
-    if len(params) != len(prompts):
-        raise YunqueError(f"Got {len(params)} sampling settings for {len(prompts)} prompts; give one per prompt or one for all.")
-    results: list[GenerationResult | None] = [None] * len(prompts)
-    context = _context(model, max_len)
-    reqs = [
-        make_request(model, tokenizer, prompt, p, context, lambda chunk: None, lambda r, i=i: results.__setitem__(i, r))
-        for i, (prompt, p) in enumerate(zip(prompts, params))
-    ]
-    batch = Batch(model, len(reqs), context)
-    batch.add(*reqs)
-    while batch.active:
-        batch.step()
-    return results  # type: ignore[return-value]

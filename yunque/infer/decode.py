@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yunque.matmul import Linear
-from yunque.model import MLP, KVCache, Transformer, _Step
+from yunque.model.matmul import Linear
+from yunque.model.transformer import MLP, KVCache, Transformer, StepPlan
 
 Fn = Callable[[Tensor], Tensor]
-_NO_STEP = _Step(cos=None, sin=None, mask=None)  # what a module-called MoE layer reads: no router capture
+_NO_STEP = StepPlan(cos=None, sin=None, mask=None)  # what a module-called MoE layer reads: no router capture
 
 
 def _product(layer: nn.Module) -> Fn:

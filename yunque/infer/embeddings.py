@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from yunque.errors import YunqueError
-from yunque.model import Transformer
+from yunque.model.transformer import Transformer
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], context: int, *, truncate: bool = False) -> list[list[int]]:

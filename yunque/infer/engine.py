@@ -16,10 +16,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from yunque.engine import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
+from yunque.infer.batch import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
 from yunque.errors import YunqueError
-from yunque.model import Transformer
-from yunque.sampling import SamplingParams
+from yunque.model.transformer import Transformer
+from yunque.infer.sampling import SamplingParams
 
 
 @dataclass

@@ -14,7 +14,6 @@ imports `transformers`.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from yunque.config import ModelConfig
+from yunque.model.config import ModelConfig
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_file, write_text_atomic
-from yunque.hfdir import dtype_counts, read_config, weight_files
+from yunque.model.hfdir import weight_files
 
 # ----------------------------------------------------------------------------- tensors
 # Operations that turn the HF tensors of one yunque parameter into it (load) and back (save).
@@ -298,15 +297,6 @@ def _names_list(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """A `Transformer` with the weights of a Hugging Face directory (see the module docstring)."""
-    from yunque.model import Transformer
-
-    model = Transformer(config_from_hf(read_config(path)))
-    load_weights_into(model, path)
-    return model.to(device=device, dtype=dtype).eval()
-
-
 def load_weights_into(model, path: str | Path) -> None:
     """Copy the weights of the Hugging Face directory `path` into `model`'s parameters, in place.
 
@@ -375,40 +365,3 @@ def save_pretrained(model, path: str | Path, dtype: torch.dtype | None = None) -
     write_text_atomic(path / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     write_text_atomic(path / "config.json", json.dumps(config_to_hf(config, dtype), indent=2) + "\n")
     return path
-
-
-# ----------------------------------------------------------------------------- inspection
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """What a model directory holds, read from config.json and the safetensors headers only."""
-    from yunque.model import Transformer
-
-    hf = read_config(path)
-    config = config_from_hf(hf)
-    files = weight_files(path)
-    dtypes = dtype_counts(path)
-    with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = Transformer(config)
-    return {
-        "path": str(Path(path).resolve()),
-        "family": hf["model_type"],
-        "architecture": FAMILIES[hf["model_type"]].architecture,
-        "parameters": model.num_params(),
-        "active_parameters": model.num_params(active=True),
-        "non_embedding_parameters": model.num_params(non_embedding=True),
-        "flops_per_token": model.flops_per_token(),
-        "context": config.max_seq_len,
-        "vocab_size": config.vocab_size,
-        "layers": config.n_layer,
-        "d_model": config.d_model,
-        "heads": config.n_head,
-        "kv_heads": config.n_kv_head,
-        "experts": f"{config.n_experts_per_tok} of {config.n_experts}" if config.is_moe else None,
-        "sliding_window": config.sliding_window,
-        "tied_embeddings": config.tie_embeddings,
-        "dtype": max(dtypes, key=dtypes.get) if dtypes else None,
-        "stored_parameters": sum(dtypes.values()),
-        "files": [f.name for f in files],
-        "size_bytes": sum(os.path.getsize(f) for f in files),
-    }

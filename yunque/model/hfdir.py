@@ -1,6 +1,6 @@
 """Reading Hugging Face model directories: config.json, the weight files and their headers.
 
-One implementation for the store (which must not load torch) and the loader in `yunque.hf`,
+One implementation for the store (which must not load torch) and the loader in `yunque.model.hf`,
 so both accept and refuse the same directories with the same messages. Nothing here
 imports torch: the safetensors headers are read as the JSON they are.
 """
@@ -14,26 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from yunque.errors import YunqueError
+from yunque.fsutil import read_json
 
 # Files that may run code when loaded; yunque never reads them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 INDEX_FILE = "model.safetensors.index.json"
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    """The JSON object in `path`, or a one-sentence YunqueError naming the file and what is wrong."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise YunqueError(f"{path} is missing; the model directory is incomplete.") from None
-    except OSError as e:
-        raise YunqueError(f"{path} cannot be read ({e.strerror or e}); check that it is a readable file.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise YunqueError(f"{path} is not valid JSON ({e}); fix or replace the file.") from None
-    if not isinstance(data, dict):
-        raise YunqueError(f"{path} must hold a JSON object; fix or replace the file.")
-    return data
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:

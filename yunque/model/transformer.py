@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from yunque.config import ModelConfig
 from yunque.errors import YunqueError
-from yunque.matmul import Linear
+from yunque.model.config import ModelConfig
+from yunque.model.hf import config_from_hf, load_weights_into, save_pretrained
+from yunque.model.hfdir import read_config
+from yunque.model.matmul import Linear
 
 
 # MLP activations as data: (how many d_ff-wide halves the input projection produces, activation).
@@ -108,7 +110,7 @@ class KVCache:
 
 
 @dataclass
-class _Step:
+class StepPlan:
     """What every layer of one forward call shares: rotary tables, mask and cache addressing."""
 
     cos: Tensor | None
@@ -133,7 +135,7 @@ class Attention(nn.Module):
         self.out = Linear(self.n_head * self.head_dim, config.d_model, bias=config.attn_out_bias)
         self.dropout = config.dropout
 
-    def forward(self, x: Tensor, step: _Step, layer: int) -> Tensor:
+    def forward(self, x: Tensor, step: StepPlan, layer: int) -> Tensor:
         B, T, _ = x.shape
         H, KV = self.n_head, self.n_kv_head
         qkv = self.qkv(x).view(B, T, H + 2 * KV, self.head_dim)
@@ -156,7 +158,7 @@ class Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     @staticmethod
-    def _through_cache(k: Tensor, v: Tensor, step: _Step, layer: int) -> tuple[Tensor, Tensor]:
+    def _through_cache(k: Tensor, v: Tensor, step: StepPlan, layer: int) -> tuple[Tensor, Tensor]:
         kc, vc = step.cache.k[layer], step.cache.v[layer]
         # In-place writes of the new keys/values at each row's own positions: no cache copy.
         # (`.to` is a no-op when the cache has the model's dtype.)
@@ -180,7 +182,7 @@ class Attention(nn.Module):
             kc, vc = kc.to(k.dtype), vc.to(v.dtype)
         return kc, vc
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, step: _Step) -> Tensor:
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, step: StepPlan) -> Tensor:
         """Attention with the probabilities materialised, for heat maps (capture_attention)."""
         rep = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -200,7 +202,7 @@ class MLP(nn.Module):
         self.proj = Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
         self.dropout = _dropout(config.dropout)
 
-    def forward(self, x: Tensor, step: _Step) -> Tensor:
+    def forward(self, x: Tensor, step: StepPlan) -> Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
 
 
@@ -218,7 +220,7 @@ class MoE(nn.Module):
         self.w_in = nn.Parameter(torch.empty(E, halves * f, d))
         self.w_out = nn.Parameter(torch.empty(E, d, f))
 
-    def forward(self, x: Tensor, step: _Step) -> Tensor:
+    def forward(self, x: Tensor, step: StepPlan) -> Tensor:
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         probs = self.router(x).softmax(dim=-1, dtype=torch.float32)
@@ -243,7 +245,7 @@ class Block(nn.Module):
         self.mlp = MoE(config) if config.is_moe else MLP(config)
         self.resid_dropout = _dropout(config.dropout)
 
-    def forward(self, x: Tensor, step: _Step, layer: int) -> Tensor:
+    def forward(self, x: Tensor, step: StepPlan, layer: int) -> Tensor:
         x = x + self.resid_dropout(self.attn(self.norm1(x), step, layer))
         return x + self.mlp(self.norm2(x), step)
 
@@ -344,7 +346,7 @@ class Transformer(nn.Module):
         """Final (normalised) hidden states (B, T, d_model): what the LM head reads, e.g. for embeddings."""
         return self._hidden(idx, self._plan(idx, None, None))
 
-    def _hidden(self, idx: Tensor, step: _Step) -> Tensor:
+    def _hidden(self, idx: Tensor, step: StepPlan) -> Tensor:
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             pos = step.write_pos if step.write_pos is not None else torch.arange(idx.shape[1], device=idx.device)
@@ -354,7 +356,7 @@ class Transformer(nn.Module):
             x = block(x, step, layer)
         return self.norm_f(x)
 
-    def _plan(self, idx: Tensor, cache: KVCache | None, input_pos: Tensor | None) -> _Step:
+    def _plan(self, idx: Tensor, cache: KVCache | None, input_pos: Tensor | None) -> StepPlan:
         """Check the input and build the positions, rotary tables and mask all layers share."""
         if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise YunqueError(f"Model input must be a (batch, time) integer tensor, got {tuple(idx.shape)} {idx.dtype}.")
@@ -373,7 +375,7 @@ class Transformer(nn.Module):
             if window is not None and window < T:
                 pos = torch.arange(T, device=idx.device)
                 mask = _allowed(pos[:, None], pos[None, :], window)[None, None]
-            return _Step(cos, sin, mask)
+            return StepPlan(cos, sin, mask)
         if input_pos is None or input_pos.shape != (B,):
             raise YunqueError(f"With a KV cache, input_pos must be a tensor of {B} start positions (one per row).")
         if cache.batch_size != B:
@@ -400,10 +402,10 @@ class Transformer(nn.Module):
             causal = True  # a chunk from position 0: square causal attention
         if uniform:
             cos, sin = self._rope_slice(lo, T)
-            return _Step(cos, sin, mask, causal, cache, write_at=lo, write_pos=write_pos, length=length)
+            return StepPlan(cos, sin, mask, causal, cache, write_at=lo, write_pos=write_pos, length=length)
         cos = None if self.rope_cos is None else self.rope_cos[write_pos][:, :, None]  # (B, T, 1, head_dim)
         sin = None if self.rope_sin is None else self.rope_sin[write_pos][:, :, None]
-        return _Step(cos, sin, mask, causal, cache, write_pos=write_pos, rows=rows, length=length)
+        return StepPlan(cos, sin, mask, causal, cache, write_pos=write_pos, rows=rows, length=length)
 
     def _rope_slice(self, start: int, T: int) -> tuple[Tensor | None, Tensor | None]:
         """Rotary tables for positions [start, start + T), shared by every row: views, no gather."""
@@ -465,14 +467,12 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> "Transformer":
         """Load a Hugging Face directory (config.json + safetensors) of a supported family."""
-        from yunque.hf import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device)
+        model = cls(config_from_hf(read_config(path)))
+        load_weights_into(model, path)
+        return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | Path, **kw: Any) -> Path:
         """Write a Hugging Face directory (config.json, model.safetensors, generation_config.json)."""
-        from yunque.hf import save_pretrained
-
         return save_pretrained(self, path, **kw)
 
 

@@ -20,11 +20,13 @@ from typing import Any, AsyncIterator, Iterator
 
 from fastapi import Request
 
-from yunque.chat import ChatSettings, chat_settings
-from yunque.engine import GenerationResult, QueueFullError, SamplingParams
+from yunque.store.entries import chat_settings
+from yunque.text.chat_template import ChatSettings
+from yunque.infer.batch import GenerationResult, QueueFullError
+from yunque.infer.sampling import SamplingParams
 from yunque.errors import YunqueError
-from yunque.gotemplate import looks_like_go
-from yunque.modelfile import PARAMETERS, check_parameter
+from yunque.text.gotemplate import looks_like_go
+from yunque.store.modelfile import PARAMETERS, check_parameter
 from yunque.server.errors import APIError, ServerBusy
 from yunque.server.runner import Runner
 

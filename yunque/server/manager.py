@@ -1,6 +1,6 @@
 """The model manager: loads store models on demand, keeps them warm, unloads idle ones.
 
-Each loaded model owns one continuous-batching scheduler from `yunque.engine`, so every
+Each loaded model owns one continuous-batching scheduler (`yunque.infer.engine.Engine`), so every
 request for that model, from any client, is decoded in the same batch. A model stays
 loaded for `keep_alive` seconds after its last request finishes (Ollama's rule: default
 5 minutes, 0 unloads at once, negative keeps it forever); a model in use is never
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from yunque import store
+from yunque.store import entries as store
 
 T = TypeVar("T")
 from yunque.server.errors import ModelNotFound

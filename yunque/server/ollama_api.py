@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 import yunque
-from yunque import store
-from yunque.chat import chat_settings
-from yunque.modelfile import Modelfile, render_modelfile
+from yunque.store import entries as store
+from yunque.store.entries import chat_settings
+from yunque.store.modelfile import Modelfile, render_modelfile
 from yunque.server import generation as gen
 from yunque.server.errors import APIError, in_stream_error
 from yunque.server.manager import LoadedModel, ModelManager, lookup

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
-from yunque import store
+from yunque.store import entries as store
 from yunque.server import generation as gen
 from yunque.server.errors import APIError, error_body, in_stream_error
 from yunque.server.manager import LoadedModel, lookup

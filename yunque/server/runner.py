@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from yunque import store
+from yunque.store import entries as store
 from yunque.server.errors import APIError
 
 
@@ -26,7 +26,7 @@ class Runner:
 
         A text longer than the context is cut to its first tokens when `truncate`, else refused.
         """
-        from yunque.embeddings import embed_ids, encode_texts
+        from yunque.infer.embeddings import embed_ids, encode_texts
 
         if not texts or any(not t for t in texts):
             raise APIError(400, "input must be a non-empty string or a list of non-empty strings", param="input")
@@ -42,9 +42,9 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     """Load a store entry on the best device (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
     import torch
 
-    from yunque.model import Transformer
-    from yunque.scheduler import Engine
-    from yunque.tokenizer import Tokenizer
+    from yunque.model.transformer import Transformer
+    from yunque.infer.engine import Engine
+    from yunque.text.tokenizer import Tokenizer
 
     # The tokenizer first: a model it cannot serve fails in milliseconds, not after its weights load.
     # (engine.load reads them the other way round, so it is not reused here.)

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from yunque.errors import YunqueError
-from yunque.fsutil import atomic_dir, write_text_atomic
-from yunque.hfdir import PICKLE_SUFFIXES, header_stats, read_config, read_json, weight_files
-from yunque.modelfile import Modelfile, parse_modelfile
+from yunque.fsutil import atomic_dir, read_json, write_text_atomic
+from yunque.model.hfdir import PICKLE_SUFFIXES, header_stats, read_config, weight_files
+from yunque.store.chat import model_chat_settings
+from yunque.store.modelfile import Modelfile, parse_modelfile
+from yunque.text.chat_template import ChatSettings
 
 SETTINGS_FILE = "modelfile.json"
 STORE_FORMAT = 1
@@ -154,7 +156,7 @@ def validate_model_dir(src: str | os.PathLike) -> Path:
     header_stats(path)  # every weight file present and whole; a bad one is named by its source path, before anything is copied
     if not any(all((path / f).is_file() for f in group) for group in _TOKENIZER_FILES):
         raise YunqueError(f"{src} has no tokenizer yunque reads (tokenizer.json, vocab.json + merges.txt, or encoder.json + vocab.bpe); save the tokenizer into the model directory.")
-    from yunque.hf import config_from_hf  # imports torch: only paid when a directory is checked
+    from yunque.model.hf import config_from_hf  # imports torch: only paid when a directory is checked
 
     config_from_hf(config)
     return path.resolve()
@@ -349,10 +351,15 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
     return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
 
 
+def chat_settings(model: ModelEntry | str | os.PathLike) -> ChatSettings:
+    """The effective chat template, system prompt, parameters and stop strings of a store entry,
+    a store name or a model directory (see `yunque.store.chat.model_chat_settings`)."""
+    entry = model if isinstance(model, ModelEntry) else resolve(str(model))
+    return model_chat_settings(entry.path, entry.settings)
+
+
 def _check_template(entry: ModelEntry) -> None:
     """Render the entry's effective template once, so a broken TEMPLATE is refused at create time."""
-    from yunque.chat import chat_settings  # chat imports this module
-
     chat_settings(entry).render([{"role": "user", "content": "Hello"}])
 
 

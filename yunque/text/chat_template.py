@@ -6,9 +6,8 @@ Two template languages are understood:
 - Ollama's Go-template TEMPLATEs (`{{ .System }}`, `{{ range .Messages }}` ...), through
   `yunque.gotemplate`, with Ollama's turn-by-turn rule for templates without `.Messages`.
 
-Which template a model uses (docs/architecture.md): the Modelfile TEMPLATE, else the model
-directory's chat template (chat_template.jinja, then tokenizer_config.json's chat_template),
-else `DEFAULT_CHAT_TEMPLATE`.
+Strings in, a string out: which template a model uses is decided by the store
+(`yunque.store.entries.chat_settings`), so training can render examples without the store.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
@@ -25,44 +23,8 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from yunque.errors import YunqueError
-from yunque.gotemplate import looks_like_go, render_go_template, uses_messages
-from yunque.modelfile import check_parameters
-from yunque.store import ModelEntry, resolve
-
-# The chat special tokens of yunque's tokenizer.
-SYSTEM, USER, ASSISTANT, TOOL = "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"
-END, TOOL_CALL, TOOL_CALL_END, ENDOFTEXT = "<|end|>", "<|tool_call|>", "<|/tool_call|>", "<|endoftext|>"
-CHAT_SPECIAL_TOKENS = (SYSTEM, USER, ASSISTANT, TOOL, END, TOOL_CALL, TOOL_CALL_END, ENDOFTEXT)
-
-# yunque's own format: `<|role|>content<|end|>\n` per message, tools listed in the system turn,
-# each tool call as `<|tool_call|>{"name": ..., "arguments": ...}<|/tool_call|>`, and
-# `<|assistant|>` as the generation prompt. Written for HF's renderer (trim_blocks, lstrip_blocks).
-DEFAULT_CHAT_TEMPLATE = (
-    "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else none -%}\n"
-    "{%- if system is not none or tools -%}\n"
-    "{{ '<|system|>' }}{% if system is not none %}{{ system }}{% endif %}\n"
-    "{%- if tools -%}\n"
-    "{{ '\\n\\n' if system else '' }}{{ 'You can call these tools; answer with <|tool_call|>{\"name\": ..., \"arguments\": {...}}<|/tool_call|>:' }}\n"
-    "{%- for tool in tools %}{{ '\\n' }}{{ (tool['function'] if tool['function'] is defined else tool) | tojson }}{% endfor -%}\n"
-    "{%- endif -%}\n"
-    "{{ '<|end|>\\n' }}\n"
-    "{%- endif -%}\n"
-    "{%- for message in messages -%}\n"
-    "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}\n"
-    "{{ raise_exception('Unknown role ' + message['role'] + '; use system, user, assistant or tool.') }}\n"
-    "{%- endif -%}\n"
-    "{%- if not (loop.first and message['role'] == 'system') -%}\n"
-    "{{ '<|' + message['role'] + '|>' }}{{ message['content'] if message['content'] is string else '' }}\n"
-    "{%- for call in message['tool_calls'] if message['tool_calls'] is defined and message['tool_calls'] -%}\n"
-    "{%- set fn = call['function'] if call['function'] is defined else call -%}\n"
-    "{{ '<|tool_call|>' }}{{ {'name': fn['name'], 'arguments': fn['arguments']} | tojson }}{{ '<|/tool_call|>' }}\n"
-    "{%- endfor -%}\n"
-    "{{ '<|end|>\\n' }}\n"
-    "{%- endif -%}\n"
-    "{%- endfor -%}\n"
-    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}\n"
-)
-
+from yunque.text.gotemplate import render_go_template, uses_messages
+from yunque.text.special import DEFAULT_CHAT_TEMPLATE, ENDOFTEXT
 
 def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
@@ -198,74 +160,3 @@ class ChatSettings:
         if self.kind == "go":
             return render_ollama(self.template, msgs, tools)
         return render_chat(msgs, self.template, add_generation_prompt, self.bos_token, self.eos_token, tools)
-
-
-def _token_text(value: Any) -> str | None:
-    """tokenizer_config.json stores special tokens as text or as {"content": text, ...}."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _model_template(model_dir: Path, tok_config: dict[str, Any]) -> str | None:
-    jinja_file = model_dir / "chat_template.jinja"  # where recent transformers save it
-    if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
-    template = tok_config.get("chat_template")
-    if isinstance(template, list):  # named templates: HF uses the one called "default"
-        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
-    return template if isinstance(template, str) else None
-
-
-# generation_config.json names that map onto Ollama parameters.
-_GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "repetition_penalty": "repeat_penalty"}
-
-
-def _read_optional_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise YunqueError(f"{path} is not valid JSON ({e}); fix or replace the file.") from None
-    return data if isinstance(data, dict) else {}
-
-
-def chat_settings(model: Any) -> ChatSettings:
-    """The effective template, system prompt, parameters and stop strings of a store entry, name or directory.
-
-    Parameters: generation_config.json's sampling defaults, overridden by the Modelfile's.
-    Stop strings: the Modelfile's `stop`; otherwise `<|end|>` for the default template, or the
-    tokenizer's eos token text for a model's own template.
-    """
-    entry = model if isinstance(model, ModelEntry) else resolve(str(model))
-    settings = entry.settings
-    tok_config = _read_optional_json(entry.path / "tokenizer_config.json")
-    bos, eos = _token_text(tok_config.get("bos_token")), _token_text(tok_config.get("eos_token"))
-    model_template = _model_template(entry.path, tok_config)
-    if settings.template is not None:
-        template, source = settings.template, "modelfile"
-    elif model_template is not None and model_template != DEFAULT_CHAT_TEMPLATE:
-        # yunque's tokenizer saves the default template; it is still the default (stops at <|end|>).
-        template, source = model_template, "model"
-    else:
-        template, source = DEFAULT_CHAT_TEMPLATE, "default"
-    generation = _read_optional_json(entry.path / "generation_config.json")
-    defaults = {ours: generation[theirs] for theirs, ours in _GENERATION_KEYS.items() if generation.get(theirs) is not None}
-    if generation.get("do_sample") is False:
-        defaults["temperature"] = 0.0  # HF's greedy decoding; Ollama says it with temperature 0
-    parameters = {**check_parameters(defaults), **settings.parameters}
-    stop = list(parameters.pop("stop", []))
-    if not stop:
-        stop = [END] if source == "default" else [eos] if eos else []
-    return ChatSettings(
-        template=template,
-        kind="go" if looks_like_go(template) else "jinja",
-        source=source,
-        system=settings.system,
-        messages=list(settings.messages),
-        parameters=parameters,
-        stop=stop,
-        bos_token=bos,
-        eos_token=eos or (ENDOFTEXT if source == "default" else None),
-    )

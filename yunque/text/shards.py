@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from yunque.corpus import iter_documents
+from yunque.text.corpus import iter_documents
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
 
@@ -173,7 +173,7 @@ def prepare(
     `out_dir/{train,val}.bin` + `meta.json`; returns the metadata written."""
     from tqdm.auto import tqdm
 
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     if not 0.0 < val_fraction < 1.0:
         raise YunqueError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}.")

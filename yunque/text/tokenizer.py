@@ -30,7 +30,8 @@ import tiktoken
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
-from yunque.hfdir import read_json
+from yunque.fsutil import read_json
+from yunque.text.special import CHAT_TOKENS, DEFAULT_CHAT_TEMPLATE, ENDOFTEXT, SPECIAL_TOKENS
 
 # GPT-4's (cl100k) split pattern, in the form both tiktoken (fancy-regex) and tokenizers
 # (Oniguruma) read the same way: no possessive quantifiers and no `$`, whose meaning differs
@@ -42,19 +43,6 @@ CL100K_PATTERN = (
 # GPT-2's pattern, as in its encoder.py and in the `tokenizers` ByteLevel pre-tokenizer.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|tool|>",
-    "<|end|>",
-    "<|tool_call|>",
-    "<|/tool_call|>",
-    *(f"<|reserved_{i}|>" for i in range(8)),
-)
-ENDOFTEXT = "<|endoftext|>"
-CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")  # what the default chat template uses
 MAX_VOCAB_SIZE = 262_144
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 _TRAIN_CHUNK_CHARS = 1 << 16
@@ -159,7 +147,7 @@ class Tokenizer:
     @classmethod
     def train(cls, files: Sequence[str | os.PathLike], vocab_size: int, *, show_progress: bool = True) -> Tokenizer:
         """Train on text files, .jsonl files (field "text"), directories of them, or 'python-docs'."""
-        from yunque.corpus import iter_documents
+        from yunque.text.corpus import iter_documents
 
         return cls.train_from_iterator(iter_documents(files), vocab_size, show_progress=show_progress)
 
@@ -465,8 +453,6 @@ class Tokenizer:
         if self._chat_template:
             return self._chat_template
         if all(self.token_to_id(name) is not None for name in CHAT_TOKENS):
-            from yunque.chat import DEFAULT_CHAT_TEMPLATE
-
             return DEFAULT_CHAT_TEMPLATE
         return None
 
@@ -577,7 +563,7 @@ def train_tokenizer(
     Everything is checked before training where possible, and nothing is written unless
     training succeeds, so a failed run leaves no partial directory.
     """
-    from yunque.corpus import iter_documents
+    from yunque.text.corpus import iter_documents
 
     check_vocab_size(vocab_size)
     out = Path(out)

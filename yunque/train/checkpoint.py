@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Copy the weights of checkpoint `path` into `model` in place (no second model is built)."""
-    from yunque.hf import load_weights_into
+    from yunque.model.hf import load_weights_into
 
     load_weights_into(model, path)
 

@@ -38,20 +38,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from yunque.checkpoint import (
-    discard_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    read_state,
-    remove_leftovers,
-    resumable_checkpoint,
-    save_checkpoint,
-)
-from yunque.config import ModelConfig, TrainConfig, preset, read_toml
+from yunque.train.checkpoint import discard_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, remove_leftovers, resumable_checkpoint, save_checkpoint
+from yunque.model.config import ModelConfig, preset
+from yunque.train.config import TrainConfig, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
-from yunque.hf import family_of
+from yunque.model.hf import family_of
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, for MFU (vendor datasheets; SXM parts).
 PEAK_FLOPS = {
@@ -182,7 +174,7 @@ def batch_generator(seed: int, step: int, index: int) -> torch.Generator:
 # ---------------------------------------------------------------------------- data
 def open_data(path: str | Path):
     """The token shards at `path`, with a one-sentence error if they are missing."""
-    from yunque.data import TokenShards
+    from yunque.text.shards import TokenShards
 
     if not path:
         raise YunqueError("No training data given; pass --data DIR (a directory made by `yunque data prepare`).")
@@ -196,7 +188,7 @@ def data_tokenizer(shards) -> tuple[int, str]:
 
 def load_tokenizer(shards):
     """The tokenizer the shards were encoded with (its directory is recorded in their metadata)."""
-    from yunque.tokenizer import Tokenizer
+    from yunque.text.tokenizer import Tokenizer
 
     path = Path(shards.meta["tokenizer"]["path"])
     if not path.is_dir():
@@ -217,7 +209,7 @@ def evaluate(model: torch.nn.Module, shards, cfg: TrainConfig, device: torch.dev
     the byte count is exact; with `eval_tokens` the split's bytes are scaled by the share of
     tokens scored. Under torchrun the batches are shared out between ranks and the sums all-reduced.
     """
-    from yunque.data import bits_per_byte
+    from yunque.text.shards import bits_per_byte
 
     was_training = model.training
     model.eval()
@@ -242,9 +234,9 @@ def evaluate(model: torch.nn.Module, shards, cfg: TrainConfig, device: torch.dev
 
 
 def sample(model: torch.nn.Module, tokenizer, n_tokens: int, seed: int, temperature: float = 0.8, top_k: int = 40) -> str:
-    """A short text the model writes after an end-of-text token (yunque.engine, seeded; the
+    """A short text the model writes after an end-of-text token (yunque.infer.generate, seeded; the
     training RNG is left as it was)."""
-    from yunque.engine import generate_ids
+    from yunque.infer.generate import generate_ids
 
     was_training = model.training
     model.eval()
@@ -445,7 +437,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
 
 
 def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_from: Path | None, rank: int, local_rank: int, world: int, show_progress: bool) -> TrainResult:
-    from yunque.model import Transformer
+    from yunque.model.transformer import Transformer
 
     out = Path(cfg.out)
     ckpt_root = out / "checkpoints"

@@ -1,0 +1,5 @@
+"""`python -m yunque.cli` runs the command line, as `yunque` does."""
+
+from yunque.cli.app import main
+
+main()
