@@ -16,15 +16,21 @@ from yunque.infer.sampling import SamplingParams
 from yunque.model.transformer import Transformer
 
 
-def load(model_dir: str | Path, *, int8: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, Any]:
-    """Model and tokenizer of a Hugging Face-layout directory, ready for generation (`int8`: quantize for CPU)."""
+def load(model_dir: str | Path, *, int8: bool = False, device: str = "auto", dtype: torch.dtype | None = None) -> tuple[Transformer, Any]:
+    """Model and tokenizer of a Hugging Face-layout directory, ready for generation.
+
+    The device and dtype default to `yunque.model.device`'s policy (a GPU in bf16 when there is
+    one); `int8` quantizes for the CPU's int8 kernel, so it always loads on the CPU.
+    """
+    from yunque.model.device import device_kind, inference_dtype
     from yunque.model.quantize import quantize_int8
     from yunque.text.tokenizer import Tokenizer
 
     path = Path(model_dir)
     if not path.is_dir():
         raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json, model.safetensors and tokenizer.json.")
-    model = Transformer.from_pretrained(path, dtype=dtype, device=device).eval()
+    kind = "cpu" if int8 else device_kind(device)
+    model = Transformer.from_pretrained(path, dtype=dtype or inference_dtype(kind), device=kind).eval()
     if int8:
         quantize_int8(model)
     return model, Tokenizer.from_pretrained(path)

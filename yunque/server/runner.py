@@ -39,9 +39,8 @@ class Runner:
 
 
 def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
-    """Load a store entry on the best device (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
-    import torch
-
+    """Load a store entry on the device `yunque.model.device` picks (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
+    from yunque.model.device import device_kind, inference_dtype
     from yunque.model.transformer import Transformer
     from yunque.infer.engine import Engine
     from yunque.text.tokenizer import Tokenizer
@@ -49,9 +48,8 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     # The tokenizer first: a model it cannot serve fails in milliseconds, not after its weights load.
     # (engine.load reads them the other way round, so it is not reused here.)
     tokenizer = Tokenizer.from_pretrained(entry.path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
+    device = device_kind()
+    model = Transformer.from_pretrained(entry.path, dtype=inference_dtype(device), device=device).eval()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)

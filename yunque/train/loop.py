@@ -43,6 +43,7 @@ from yunque.model.config import ModelConfig, preset
 from yunque.train.config import TrainConfig, read_toml
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, atomic_file
+from yunque.model.device import device_kind, training_bf16
 from yunque.model.hf import family_of
 
 # Dense bf16 tensor-core peak FLOP/s per GPU, for MFU (vendor datasheets; SXM parts).
@@ -250,16 +251,6 @@ def sample(model: torch.nn.Module, tokenizer, n_tokens: int, seed: int, temperat
 
 
 # ---------------------------------------------------------------------------- plumbing
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). There bf16 autocast trains
-    small models 1.5-2.1x faster than fp32 (benchmarks/cpu_bf16_step.py); elsewhere it would be emulated and slow."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -300,12 +291,8 @@ def _distributed(device_kind: str) -> tuple[int, int, int]:
     return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _device_kind(cfg: TrainConfig) -> str:
-    return cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if _device_kind(cfg) == "cuda":
+    if device_kind(cfg.device) == "cuda":
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -418,9 +405,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
                 "use a shorter --context or more data."
             )
 
-    if _device_kind(cfg) == "cuda" and not torch.cuda.is_available():
-        raise YunqueError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu.")
-    rank, local_rank, world = _distributed(_device_kind(cfg))
+    rank, local_rank, world = _distributed(device_kind(cfg.device))
     try:
         result = _run(cfg, shards, tokenizer, mcfg, fingerprint, resume_from, rank, local_rank, world, progress)
         if world > 1:
@@ -444,7 +429,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
     metrics_path = out / "metrics.jsonl"
     lead = rank == 0
     device = _device(cfg, local_rank)
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and (device.type == "cuda" or cpu_has_bf16()))
+    use_bf16 = training_bf16(device.type, cfg.dtype)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
 
