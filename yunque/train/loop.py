@@ -421,6 +421,64 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Trai
             dist.destroy_process_group()
 
 
+def _accumulate(model: Any, shards: Any, cfg: TrainConfig, step: int, device: torch.device, autocast: Any, rank: int, world: int) -> torch.Tensor:
+    """Forward and backward over this rank's micro-batches of `step`; returns [mean loss, 0, 0], the
+    tensor the loop fills with the stop flag and rank 0's clock before its one all-reduce."""
+    loss_sum = torch.zeros((), device=device)
+    for micro in range(cfg.grad_accum):
+        x, y = shards.get_batch("train", cfg.batch_size, cfg.context, batch_generator(cfg.seed, step, micro * world + rank))
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
+        with sync:
+            with autocast:
+                _, loss = model(x, y)
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    return torch.stack([loss_sum / cfg.grad_accum, torch.zeros((), device=device), torch.zeros((), device=device)])
+
+
+def _refuse_nonfinite(train_loss: float, step: int, unproven: Path | None, last_ckpt: Path | None, ckpt_root: Path) -> None:
+    """Stop on a NaN/inf loss: the unproven checkpoint (saved since the last finite loss) is discarded,
+    and the error names the last good one, or says there is none."""
+    if unproven is not None:
+        discard_checkpoint(unproven)
+        last_ckpt = latest_checkpoint(ckpt_root)
+    if last_ckpt is None:
+        raise YunqueError(
+            f"Training stopped at step {step + 1} because the loss became {train_loss} before any checkpoint "
+            "was saved; lower --lr or raise --warmup-steps and start again."
+        )
+    raise YunqueError(
+        f"Training stopped at step {step + 1} because the loss became {train_loss}; the last good checkpoint, "
+        f"{last_ckpt}, is kept: lower --lr or raise --warmup-steps and continue with --resume."
+    )
+
+
+def _step_record(step: int, tokens: int, train_loss: float, lr: float, tokens_per_s: float, elapsed: float, mfu_per_token_s: float | None) -> dict[str, Any]:
+    """One metrics.jsonl line for a training step; MFU (a token per second's share of the devices'
+    peak, `mfu_per_token_s`) only where the peak is known, i.e. on GPUs."""
+    record: dict[str, Any] = {"step": step, "tokens": tokens, "train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s, "elapsed_s": elapsed}
+    if mfu_per_token_s:
+        record["mfu"] = mfu_per_token_s * tokens_per_s
+    return record
+
+
+def _progress_fraction(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """How far the run is, by steps or by its time budget, whichever is further (at most 1)."""
+    fraction = max(step / cfg.max_steps if cfg.max_steps else 0.0, elapsed / cfg.time_budget if cfg.time_budget else 0.0)
+    return min(fraction, 1.0)
+
+
+def _save_final_model(out: Path, model: Any, tokenizer: Any, metrics_path: Path) -> Path:
+    """Write the finished model with its tokenizer to OUT/model (atomically) and plot the losses."""
+    model_dir = out / "model"
+    with atomic_dir(model_dir, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    plot_metrics(metrics_path, out / "loss.png")
+    return model_dir
+
+
 def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_from: Path | None, rank: int, local_rank: int, world: int, show_progress: bool) -> TrainResult:
     from yunque.model.transformer import Transformer
 
@@ -503,37 +561,17 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
             lr = lr_at(cfg, step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                x, y = shards.get_batch("train", cfg.batch_size, cfg.context, batch_generator(cfg.seed, step, micro * world + rank))
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = contextlib.nullcontext() if world == 1 or micro == cfg.grad_accum - 1 else model.no_sync()
-                with sync:
-                    with autocast:
-                        _, loss = model(x, y)
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().float()
+            shared = _accumulate(model, shards, cfg, step, device, autocast, rank, world)
             # One small all-reduce carries the mean loss, any rank's stop request and rank 0's clock,
             # so every rank takes the same decisions (stop, lr) from the same numbers.
-            shared = torch.stack([loss_sum / cfg.grad_accum, torch.tensor(float(stop.is_set()), device=device), torch.zeros((), device=device)])
+            shared[1] = float(stop.is_set())
             if world > 1:
                 shared[2] = time.perf_counter() - t0 if lead else 0.0
                 dist.all_reduce(shared)
                 shared[0] /= world
             train_loss = float(shared[0])
             if not math.isfinite(train_loss):
-                if unproven is not None:
-                    discard_checkpoint(unproven)
-                    last_ckpt = latest_checkpoint(ckpt_root)
-                if last_ckpt is None:
-                    raise YunqueError(
-                        f"Training stopped at step {step + 1} because the loss became {train_loss} before any checkpoint "
-                        "was saved; lower --lr or raise --warmup-steps and start again."
-                    )
-                raise YunqueError(
-                    f"Training stopped at step {step + 1} because the loss became {train_loss}; the last good checkpoint, "
-                    f"{last_ckpt}, is kept: lower --lr or raise --warmup-steps and continue with --resume."
-                )
+                _refuse_nonfinite(train_loss, step, unproven, last_ckpt, ckpt_root)
             if unproven is not None:
                 prune_checkpoints(ckpt_root, cfg.keep_last)
                 unproven = None
@@ -556,16 +594,8 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
             if evaluating:
                 last_eval = elapsed
             if step % cfg.log_every == 0 or evaluating:
-                record: dict[str, Any] = {
-                    "step": step,
-                    "tokens": tokens,
-                    "train_loss": train_loss,
-                    "lr": lr,
-                    "tokens_per_s": window_tokens / max(window_time, 1e-9),
-                    "elapsed_s": elapsed,
-                }
-                if peak:
-                    record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * world)
+                record = _step_record(step, tokens, train_loss, lr, window_tokens / max(window_time, 1e-9), elapsed,
+                                      flops_per_token / (peak * world) if peak else None)
                 window_tokens, window_time = 0, 0.0
                 if evaluating:
                     record |= run_eval()
@@ -575,8 +605,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
                     _append_jsonl(metrics_path, record)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not done():
                 last_ckpt = unproven = checkpoint()
-            fraction = max(step / cfg.max_steps if cfg.max_steps else 0.0, elapsed / cfg.time_budget if cfg.time_budget else 0.0)
-            bar.update(task, completed=100 * min(fraction, 1.0), info=f"step {step} loss {train_loss:.3f} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
+            bar.update(task, completed=100 * _progress_fraction(cfg, step, elapsed), info=f"step {step} loss {train_loss:.3f} {tokens_per_step / max(dt, 1e-9):,.0f} tok/s")
             if float(shared[1]) > 0:
                 interrupted = True
                 break
@@ -589,13 +618,7 @@ def _run(cfg, shards, tokenizer, mcfg: ModelConfig, fingerprint: str, resume_fro
         last_ckpt = checkpoint(keep_last=cfg.keep_last)
     elif lead:
         prune_checkpoints(ckpt_root, cfg.keep_last)
-    model_dir = None
-    if lead and not interrupted:
-        model_dir = out / "model"
-        with atomic_dir(model_dir, overwrite=True) as tmp:
-            raw.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        plot_metrics(metrics_path, out / "loss.png")
+    model_dir = _save_final_model(out, raw, tokenizer, metrics_path) if lead and not interrupted else None
     return TrainResult(
         step=step,
         tokens=tokens,
