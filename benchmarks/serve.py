@@ -70,7 +70,7 @@ async def wave(url: str, model: str, clients: int, requests_each: int, max_token
 
 def engine_wave(runner, entry, clients: int, requests_each: int, max_tokens: int) -> tuple[float, list[float]]:
     """The same workload as `wave`, straight into an in-process engine from `clients` threads."""
-    from yunque.server import generation as gen
+    from yunque.server import prepare as gen
 
     settings = gen.settings_for(entry)
     results: list[tuple[int, float]] = []

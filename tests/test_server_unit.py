@@ -268,18 +268,20 @@ def test_runner_embed_encodes_each_text_once_and_counts_what_it_read(tmp_path, m
 def test_streams_batch_their_deltas_under_load_and_not_alone(tmp_path, monkeypatch):
     from yunque.model.transformer import Transformer
     from yunque.infer.engine import Engine
-    from yunque.server import generation as gen
+    from yunque.infer.sampling import SamplingParams
+    from yunque.server import answer
+    from yunque.server.prepare import Prepared
     from yunque.server.runner import Runner
     from yunque.text.tokenizer import Tokenizer
 
     src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=256, vocab_size=300)
     tokenizer, model = Tokenizer.from_pretrained(src), Transformer.from_pretrained(src)
-    monkeypatch.setattr(gen, "DELTA_RATE", 100.0)  # 4 streams: one delta each per 40 ms
+    monkeypatch.setattr(answer, "DELTA_RATE", 100.0)  # 4 streams: one delta each per 40 ms
 
     async def deltas(runner: Runner, n: int) -> list[tuple[int, int]]:
         async def one(i: int) -> tuple[int, int]:
-            params = gen.SamplingParams(max_new_tokens=150, seed=i, stop_token_ids=())
-            items = [item async for item in gen.generate(runner, gen.Prepared([1, 2, 3], params))]
+            params = SamplingParams(max_new_tokens=150, seed=i, stop_token_ids=())
+            items = [item async for item in answer.generate(runner, Prepared([1, 2, 3], params))]
             return len(items) - 1, items[-1].completion_tokens  # deltas, tokens
 
         return await asyncio.gather(*(one(i) for i in range(n)))
@@ -290,3 +292,19 @@ def test_streams_batch_their_deltas_under_load_and_not_alone(tmp_path, monkeypat
         assert tokens == 150 and alone > 75
         together = asyncio.run(deltas(runner, 4))  # row 0 has seed 0 again: the same tokens, in fewer deltas
         assert all(t == 150 for _, t in together) and together[0][0] < 0.8 * alone
+
+
+def test_the_one_table_of_sampling_names_names_real_fields_everywhere():
+    import dataclasses
+
+    from yunque.infer.options import OPTIONS, from_generation_config, from_openai, sampling_fields
+    from yunque.infer.sampling import SamplingParams
+    from yunque.server.openai_api import ChatCompletionRequest
+
+    fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    assert {o.field for o in OPTIONS if o.field} <= fields
+    assert {o.openai for o in OPTIONS if o.openai} <= set(ChatCompletionRequest.model_fields)
+    assert sampling_fields({"repeat_penalty": 1.3, "top_k": 5, "num_ctx": 64}) == {"repetition_penalty": 1.3, "top_k": 5}
+    assert from_generation_config({"repetition_penalty": 1.2, "top_p": None, "do_sample": True}) == {"repeat_penalty": 1.2}
+    body = ChatCompletionRequest(model="m", messages=[], temperature=0.5, presence_penalty=0.25)
+    assert from_openai(body) == {"temperature": 0.5, "presence_penalty": 0.25}

@@ -11,7 +11,7 @@ import contextlib
 import sys
 from typing import Any, Callable, Iterator, Protocol, TextIO
 
-from yunque.store.modelfile import check_parameter
+from yunque.infer.options import check_parameter
 from yunque.cli.client import Client
 
 HELP = """Available commands:
@@ -53,12 +53,12 @@ class LocalBackend:
         self.runner = load_runner(self.entry, max_batch=1, max_queue=1)
 
     def chat(self, messages: list[dict[str, str]], options: dict[str, Any]) -> Iterator[str]:
-        from yunque.server import generation as gen
+        from yunque.server import answer, prepare
 
-        settings = gen.settings_for(self.entry)
-        ids = gen.encode(self.runner, settings.render(messages))
-        params = gen.ollama_params(self.runner, settings, gen.check_options(options), len(ids))
-        return gen.stream_sync(self.runner, gen.Prepared(ids, params))
+        settings = prepare.settings_for(self.entry)
+        ids = prepare.encode(self.runner, settings.render(messages))
+        params = prepare.ollama_params(self.runner, settings, prepare.check_options(options), len(ids))
+        return answer.stream_sync(self.runner, prepare.Prepared(ids, params))
 
     def close(self) -> None:
         self.runner.scheduler.shutdown()

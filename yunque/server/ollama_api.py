@@ -14,15 +14,16 @@ import time
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 import yunque
 from yunque.store import entries as store
 from yunque.store.entries import chat_settings
 from yunque.store.modelfile import Modelfile, render_modelfile
-from yunque.server import generation as gen
-from yunque.server.errors import APIError, in_stream_error
+from yunque.server import answer
+from yunque.server import prepare
+from yunque.server.errors import APIError
 from yunque.server.manager import LoadedModel, ModelManager, lookup
 from yunque.server.settings import parse_keep_alive
 
@@ -143,15 +144,7 @@ def _keep_alive(value: Any) -> float | None:
     return None if value is None else parse_keep_alive(value)
 
 
-def _ndjson(items: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def lines() -> AsyncIterator[bytes]:
-        async for item in items:
-            yield json.dumps(item).encode() + b"\n"
-
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-
-def _final_stats(outcome: gen.Outcome, load_seconds: float, started: float) -> dict[str, Any]:
+def _final_stats(outcome: answer.Outcome, load_seconds: float, started: float) -> dict[str, Any]:
     return {
         "done": True,
         "done_reason": outcome.finish_reason,
@@ -164,52 +157,23 @@ def _final_stats(outcome: gen.Outcome, load_seconds: float, started: float) -> d
     }
 
 
-async def _answer(
-    request: Request,
-    lm: LoadedModel,
-    prepared: gen.Prepared,
-    stream: bool,
-    shape: Callable[[str], dict[str, Any]],
-    extra_final: Callable[[gen.Outcome], dict[str, Any]],
-    load_seconds: float,
-    started: float,
-) -> Response:
-    """Run one generation and answer as Ollama does; `shape(text)` builds the per-chunk fields.
+def _wire(model: str, shape: Callable[[str], dict[str, Any]], extra_final: Callable[[answer.Outcome], dict[str, Any]], load_seconds: float, started: float) -> answer.Wire:
+    """Ollama's answer: `shape(text)` builds the per-chunk fields; the last object carries the counts
+    and durations (and `extra_final`'s fields); an error mid-stream is an `{"error": ...}` line."""
 
-    Owns the model reference from `acquire`: released when the answer is finished or abandoned.
-    """
-    manager = _manager(request)
-    model = lm.name
-    if not stream:
-        try:
-            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
-        finally:
-            manager.release(lm)
-        return JSONResponse({"model": model, "created_at": _now(), **shape(outcome.text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)})
+    def head(text: str) -> dict[str, Any]:
+        return {"model": model, "created_at": _now(), **shape(text)}
 
-    stream_it = gen.generate(lm.runner, prepared)
-    try:
-        first = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
-    except BaseException:
-        manager.release(lm)
-        raise
+    def final(outcome: answer.Outcome, text: str) -> dict[str, Any]:
+        return {**head(text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)}
 
-    async def chunks() -> AsyncIterator[dict[str, Any]]:
-        try:
-            item = first
-            while True:
-                if isinstance(item, gen.Outcome):
-                    yield {"model": model, "created_at": _now(), **shape(""), **_final_stats(item, load_seconds, started), **extra_final(item)}
-                    return
-                yield {"model": model, "created_at": _now(), **shape(item), "done": False}
-                item = await anext(stream_it)
-        except Exception as e:  # the status line is sent: report as Ollama does, in the stream
-            yield {"error": in_stream_error(e).message}
-        finally:
-            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
-            await stream_it.aclose()
-
-    return _ndjson(chunks())
+    return answer.Wire(
+        whole=lambda outcome: final(outcome, outcome.text),
+        delta=lambda text: {**head(text), "done": False},
+        closing=lambda outcome: [final(outcome, "")],
+        error=lambda e: {"error": e.message},
+        frame=answer.ndjson,
+    )
 
 
 def _load_answer(model: str, unloaded: bool, shape: dict[str, Any], load_seconds: float) -> JSONResponse:
@@ -245,26 +209,18 @@ async def chat(body: ChatRequest, request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not body.messages:
         return await _load_or_unload(request, body.model, keep_alive, {"message": {"role": "assistant", "content": ""}})
-    options = gen.check_options(body.options)
-    json_format = gen.is_json_format(body.format)
+    options = prepare.check_options(body.options)
+    json_format = prepare.is_json_format(body.format)
 
-    def build(lm: LoadedModel) -> gen.Prepared:
-        settings = gen.settings_for(lm.entry, template=body.template)
+    def build(lm: LoadedModel) -> prepare.Prepared:
+        settings = prepare.settings_for(lm.entry, template=body.template)
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        ids = gen.encode(lm.runner, settings.render(messages, tools=body.tools))
-        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids), json_format))
+        ids = prepare.encode(lm.runner, settings.render(messages, tools=body.tools))
+        return prepare.Prepared(ids, prepare.ollama_params(lm.runner, settings, options, len(ids), json_format))
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
-    return await _answer(
-        request,
-        lm,
-        prepared,
-        body.stream,
-        lambda text: {"message": {"role": "assistant", "content": text}},
-        lambda outcome: {},
-        load_seconds,
-        started,
-    )
+    wire = _wire(lm.name, lambda text: {"message": {"role": "assistant", "content": text}}, lambda outcome: {}, load_seconds, started)
+    return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
 @router.post("/api/generate")
@@ -273,26 +229,18 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
     keep_alive = _keep_alive(body.keep_alive)
     if not body.prompt and not body.context:
         return await _load_or_unload(request, body.model, keep_alive, {"response": ""})
-    options = gen.check_options(body.options)
-    json_format = gen.is_json_format(body.format)
+    options = prepare.check_options(body.options)
+    json_format = prepare.is_json_format(body.format)
 
-    def build(lm: LoadedModel) -> gen.Prepared:
-        settings = gen.settings_for(lm.entry, system=body.system, template=body.template)
+    def build(lm: LoadedModel) -> prepare.Prepared:
+        settings = prepare.settings_for(lm.entry, system=body.system, template=body.template)
         text = body.prompt if body.raw else settings.render([{"role": "user", "content": body.prompt}])
-        ids = list(body.context or []) + gen.encode(lm.runner, text)
-        return gen.Prepared(ids, gen.ollama_params(lm.runner, settings, options, len(ids), json_format))
+        ids = list(body.context or []) + prepare.encode(lm.runner, text)
+        return prepare.Prepared(ids, prepare.ollama_params(lm.runner, settings, options, len(ids), json_format))
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
-    return await _answer(
-        request,
-        lm,
-        prepared,
-        body.stream,
-        lambda text: {"response": text},
-        lambda outcome: {"context": prepared.ids + outcome.ids},
-        load_seconds,
-        started,
-    )
+    wire = _wire(lm.name, lambda text: {"response": text}, lambda outcome: {"context": prepared.ids + outcome.ids}, load_seconds, started)
+    return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
 async def _embed(request: Request, model: str, texts: list[str], keep_alive: Any, truncate: bool) -> tuple[list[list[float]], int, float]:
@@ -414,7 +362,7 @@ async def create(body: CreateRequest) -> Response:
         for status in statuses:
             yield {"status": status}
 
-    return _ndjson(lines())
+    return answer.ndjson(lines())
 
 
 @router.post("/api/copy")

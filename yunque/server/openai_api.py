@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from yunque.store import entries as store
-from yunque.server import generation as gen
-from yunque.server.errors import APIError, error_body, in_stream_error
+from yunque.server import answer, prepare
+from yunque.server.errors import APIError, error_body
 from yunque.server.manager import LoadedModel, lookup
 
 router = APIRouter(prefix="/v1")
@@ -99,78 +98,47 @@ class EmbeddingRequest(_Body):
     dimensions: StrictInt | None = None
 
 
-def _sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def lines() -> AsyncIterator[bytes]:
-        async for event in events:
-            yield b"data: " + json.dumps(event).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _usage(outcome: gen.Outcome) -> dict[str, int]:
+def _usage(outcome: answer.Outcome) -> dict[str, int]:
     return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
 
 
-async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], str], json_format: bool) -> tuple[LoadedModel, gen.Prepared]:
+async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], str], json_format: bool) -> tuple[LoadedModel, prepare.Prepared]:
     body.check()
 
-    def build(lm: LoadedModel) -> gen.Prepared:
-        settings = gen.settings_for(lm.entry)
-        ids = gen.encode(lm.runner, render(lm))
-        return gen.Prepared(ids, gen.openai_params(lm.runner, settings, body, len(ids), json_format))
+    def build(lm: LoadedModel) -> prepare.Prepared:
+        settings = prepare.settings_for(lm.entry)
+        ids = prepare.encode(lm.runner, render(lm))
+        return prepare.Prepared(ids, prepare.openai_params(lm.runner, settings, body, len(ids), json_format))
 
     lm, _, prepared = await request.app.state.manager.acquire_for(body.model, build)
     return lm, prepared
 
 
-async def _respond(
+def _wire(
     request: Request,
-    lm: LoadedModel,
-    prepared: gen.Prepared,
     body: _Sampling,
-    whole: Callable[[gen.Outcome], dict[str, Any]],
+    whole: Callable[[answer.Outcome], dict[str, Any]],
     delta: Callable[[str | None, str | None], dict[str, Any]],
     first: dict[str, Any] | None,
-) -> Response:
-    """Answer one completion: a JSON object, or SSE chunks made by `delta(text, finish_reason)`.
-
-    Owns the model reference from `acquire`: released when the answer is finished or abandoned.
-    """
-    manager = request.app.state.manager
+) -> answer.Wire:
+    """OpenAI's answer: `whole(outcome)` plus usage, or chunks made by `delta(text, finish_reason)`,
+    a last chunk with the finish reason, and (with stream_options.include_usage) one with usage."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if not body.stream:
-        try:
-            outcome = await gen.until_disconnect(request, gen.complete(lm.runner, prepared))
-        finally:
-            manager.release(lm)
-        return JSONResponse({**whole(outcome), "usage": _usage(outcome)})
 
-    stream_it = gen.generate(lm.runner, prepared)
-    try:
-        head = await anext(stream_it)  # errors (server busy) become a status code, not a broken stream
-    except BaseException:
-        manager.release(lm)
-        raise
+    def closing(outcome: answer.Outcome) -> list[dict[str, Any]]:
+        events = [delta(None, outcome.finish_reason)]
+        if include_usage:
+            events.append({**delta(None, None), "choices": [], "usage": _usage(outcome)})
+        return events
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        try:
-            if first:
-                yield first
-            item = head
-            while not isinstance(item, gen.Outcome):
-                yield delta(item, None)
-                item = await anext(stream_it)
-            yield delta(None, item.finish_reason)
-            if include_usage:
-                yield {**delta(None, None), "choices": [], "usage": _usage(item)}
-        except Exception as e:  # the status line is sent: report in the stream, as OpenAI does
-            yield error_body(request.url.path, in_stream_error(e))
-        finally:
-            manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
-            await stream_it.aclose()
-
-    return _sse(events())
+    return answer.Wire(
+        whole=lambda outcome: {**whole(outcome), "usage": _usage(outcome)},
+        delta=lambda text: delta(text, None),
+        closing=closing,
+        error=lambda e: error_body(request.url.path, e),
+        frame=answer.sse,
+        opening=[first] if first else [],
+    )
 
 
 @router.get("/models")
@@ -194,11 +162,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         raise APIError(400, "messages must hold at least one message", param="messages")
     json_format = bool(body.response_format and body.response_format.type != "text")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    lm, prepared = await _prepare(request, body, lambda lm: gen.settings_for(lm.entry).render(messages), json_format)
+    lm, prepared = await _prepare(request, body, lambda lm: prepare.settings_for(lm.entry).render(messages), json_format)
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     base = {"id": cid, "created": created, "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
 
-    def whole(outcome: gen.Outcome) -> dict[str, Any]:
+    def whole(outcome: answer.Outcome) -> dict[str, Any]:
         choice = {"index": 0, "message": {"role": "assistant", "content": outcome.text}, "logprobs": None, "finish_reason": outcome.finish_reason}
         return {**base, "object": "chat.completion", "choices": [choice]}
 
@@ -207,7 +175,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]}
 
     first = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
-    return await _respond(request, lm, prepared, body, whole, delta, first)
+    return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
 
 
 @router.post("/completions")
@@ -220,7 +188,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
     echo = prompt if body.echo else ""
 
-    def whole(outcome: gen.Outcome) -> dict[str, Any]:
+    def whole(outcome: answer.Outcome) -> dict[str, Any]:
         choice = {"index": 0, "text": echo + outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
         return {**base, "object": "text_completion", "choices": [choice]}
 
@@ -228,7 +196,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         return {**base, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
     first = delta(echo, None) if echo else None
-    return await _respond(request, lm, prepared, body, whole, delta, first)
+    return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
 
 
 @router.post("/embeddings")

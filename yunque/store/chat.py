@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from yunque.errors import YunqueError
+from yunque.infer.options import from_generation_config
 from yunque.store.modelfile import Modelfile, check_parameters
 from yunque.text.chat_template import ChatSettings
 from yunque.text.gotemplate import looks_like_go
@@ -31,10 +32,6 @@ def _model_template(model_dir: Path, tok_config: dict[str, Any]) -> str | None:
     if isinstance(template, list):  # named templates: HF uses the one called "default"
         template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
     return template if isinstance(template, str) else None
-
-
-# generation_config.json names that map onto Ollama parameters.
-_GENERATION_KEYS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "repetition_penalty": "repeat_penalty"}
 
 
 def _read_optional_json(path: Path) -> dict[str, Any]:
@@ -66,7 +63,7 @@ def model_chat_settings(model_dir: Path, settings: Modelfile) -> ChatSettings:
     else:
         template, source = DEFAULT_CHAT_TEMPLATE, "default"
     generation = _read_optional_json(model_dir / "generation_config.json")
-    defaults = {ours: generation[theirs] for theirs, ours in _GENERATION_KEYS.items() if generation.get(theirs) is not None}
+    defaults = from_generation_config(generation)
     if generation.get("do_sample") is False:
         defaults["temperature"] = 0.0  # HF's greedy decoding; Ollama says it with temperature 0
     parameters = {**check_parameters(defaults), **settings.parameters}

@@ -13,68 +13,14 @@ interpreted, so templates keep their `\\n` and backslashes verbatim.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from yunque.errors import YunqueError
+from yunque.infer.options import check_parameter
 
 ROLES = ("system", "user", "assistant")
-
-
-def _number(kind: type, lo: float | None = None, hi: float | None = None) -> Callable[[Any], Any]:
-    """A converter that parses `kind` (int or float) and checks an inclusive range."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("expected a number")
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError("expected an integer")
-        out = kind(value.strip() if isinstance(value, str) else value)
-        if not math.isfinite(out):
-            raise ValueError("must be a finite number")
-        if (lo is not None and out < lo) or (hi is not None and out > hi):
-            bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise ValueError(f"must be {bounds}")
-        return out
-
-    return convert
-
-
-def _stop(value: Any) -> list[str]:
-    values = [value] if isinstance(value, str) else list(value)
-    if not all(isinstance(v, str) and v for v in values):
-        raise ValueError("stop strings must be non-empty text")
-    return values
-
-
-# Ollama's parameter names; each maps to a converter that raises ValueError on bad input.
-PARAMETERS: dict[str, Callable[[Any], Any]] = {
-    "temperature": _number(float, 0.0),
-    "top_k": _number(int, 0),
-    "top_p": _number(float, 0.0, 1.0),
-    "min_p": _number(float, 0.0, 1.0),
-    "num_predict": _number(int, -2),  # -1 generates until a stop, -2 until the context is full (as Ollama)
-    "num_ctx": _number(int, 1),
-    "seed": _number(int),
-    "stop": _stop,
-    "repeat_penalty": _number(float, 0.0),
-    "repeat_last_n": _number(int, -1),  # -1 means the whole context, 0 disables
-    "presence_penalty": _number(float),
-    "frequency_penalty": _number(float),
-}
-
-
-def check_parameter(name: str, value: Any) -> Any:
-    """Return `value` converted to the type of parameter `name`; raise ValueError if it is unknown or bad."""
-    key = name.lower()
-    if key not in PARAMETERS:
-        raise ValueError(f"unknown parameter {name!r}; known parameters are {', '.join(PARAMETERS)}")
-    try:
-        return PARAMETERS[key](value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"bad value {value!r} for parameter {key} ({e})") from None
 
 
 def check_parameters(params: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,7 @@
-"""What both APIs share between parsing a request and writing its answer.
-
-A route turns its request into prompt token ids and `SamplingParams` here (Ollama's option
-names and defaults, the model's Modelfile parameters under them, the context budget), submits
-them to the loaded model's continuous-batching scheduler, and reads back text deltas and one
-final `Outcome` with the counts and durations both APIs report.
+"""From an API request to a generation the engine can run: both APIs parse their bodies and come
+here for the prompt's token ids and `SamplingParams` (Ollama's option names and defaults, the
+model's Modelfile parameters under them, OpenAI's defaults and max_tokens rule, the context
+budget). yunque.server.answer runs the result and writes the answer.
 
 `format: "json"` (Ollama) and `response_format: {"type": "json_object"}` (OpenAI) turn on the
 engine's JSON constraint (`SamplingParams.json_object`): each step masks the tokens that would
@@ -13,43 +11,24 @@ out of tokens first). It streams like any other answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
-from fastapi import Request
-
+from yunque.errors import YunqueError
+from yunque.infer.options import PARAMETERS, check_parameter, from_openai, sampling_fields
+from yunque.infer.sampling import SamplingParams
+from yunque.server.errors import APIError
+from yunque.server.runner import Runner
 from yunque.store.entries import chat_settings
 from yunque.text.chat_template import ChatSettings
-from yunque.infer.batch import GenerationResult, QueueFullError
-from yunque.infer.sampling import SamplingParams
-from yunque.errors import YunqueError
 from yunque.text.gotemplate import looks_like_go
-from yunque.store.modelfile import PARAMETERS, check_parameter
-from yunque.server.errors import APIError, ServerBusy
-from yunque.server.runner import Runner
 
 # Ollama's defaults for options neither the request nor the Modelfile sets.
 OLLAMA_DEFAULTS: dict[str, Any] = {"temperature": 0.8, "top_k": 40, "top_p": 0.9, "repeat_penalty": 1.1, "num_predict": -1}
+# OpenAI's defaults where they differ from SamplingParams' (which has no top-k, as OpenAI).
+OPENAI_DEFAULTS: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
 # More tokens than any context yunque can hold: a larger request is a mistake, not a wish.
 MAX_PREDICT = 1 << 20
-# Under load (several requests decoding together) the streams of one model send about this many
-# deltas per second in all, each stream one per active / DELTA_RATE seconds: every delta costs
-# the event loop JSON, an HTTP write and, in this process, the GIL the engine thread needs, so
-# a few tokens per delta leave the engine its throughput. A lone stream sends every token.
-DELTA_RATE = 200.0
-# Ollama option names -> SamplingParams fields.
-_SAMPLING_NAMES = {
-    "temperature": "temperature",
-    "top_k": "top_k",
-    "top_p": "top_p",
-    "min_p": "min_p",
-    "seed": "seed",
-    "repeat_penalty": "repetition_penalty",
-    "presence_penalty": "presence_penalty",
-    "frequency_penalty": "frequency_penalty",
-}
 
 
 @dataclass
@@ -58,19 +37,6 @@ class Prepared:
 
     ids: list[int]
     params: SamplingParams
-
-
-@dataclass
-class Outcome:
-    """The end of one generation, in the units both APIs report."""
-
-    text: str
-    finish_reason: str  # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_seconds: float
-    generation_seconds: float
-    ids: list[int]
 
 
 def check_options(options: Any) -> dict[str, Any]:
@@ -143,13 +109,12 @@ def ollama_params(runner: Runner, settings: ChatSettings, options: dict[str, Any
     num_predict = merged["num_predict"]
     if num_predict == 0 or num_predict > MAX_PREDICT:
         raise APIError(400, f"num_predict {num_predict} is out of range; use -1 (until a stop or the context is full) or 1 to {MAX_PREDICT}", param="options.num_predict")
-    kwargs = {field: merged[name] for name, field in _SAMPLING_NAMES.items() if name in merged}
     return _params(
         max_new_tokens=room if num_predict < 0 else min(num_predict, room),
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
         json_object=json_object,
-        **kwargs,
+        **sampling_fields(merged),
     )
 
 
@@ -178,94 +143,12 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
         raise APIError(400, "stop takes at most 4 sequences", param="stop")
     stops = _stops(settings, asked)
     return _params(
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
+        **{**OPENAI_DEFAULTS, **from_openai(body)},
         max_new_tokens=max_tokens or room,
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
         json_object=json_object,
     )
-
-
-def _submit(runner: Runner, prepared: Prepared) -> Any:
-    try:
-        return runner.scheduler.submit(prepared.ids, prepared.params)
-    except QueueFullError:
-        raise ServerBusy() from None
-
-
-def _outcome(result: GenerationResult) -> Outcome:
-    return Outcome(
-        text=result.text,
-        finish_reason="length" if result.finish_reason == "length" else "stop",
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.generated_tokens,
-        prompt_seconds=result.prompt_seconds,
-        generation_seconds=result.generation_seconds,
-        ids=list(result.token_ids),
-    )
-
-
-async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
-    """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
-
-    Each delta is all the text the engine produced since the last one. Alone, every token is
-    its own delta; with n requests decoding, a stream waits n / DELTA_RATE seconds after each
-    delta, so the per-delta costs (JSON, HTTP write, the GIL, the client's parse) are paid once
-    per few tokens.
-    """
-    handle = _submit(runner, prepared)
-    try:
-        async for chunks in handle.drain():
-            text = "".join(chunk.text for chunk in chunks)
-            if text:
-                yield text
-                active = runner.scheduler.active
-                if active > 1:
-                    await asyncio.sleep(active / DELTA_RATE)
-        yield _outcome(handle.result)
-    finally:
-        handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
-
-
-def stream_sync(runner: Runner, prepared: Prepared) -> Iterator[str]:
-    """`generate` for a caller without an event loop (`yunque run` in-process): text deltas only."""
-    handle = _submit(runner, prepared)
-    try:
-        for chunk in handle:
-            if chunk.text:
-                yield chunk.text
-    finally:
-        handle.cancel()
-
-
-async def complete(runner: Runner, prepared: Prepared) -> Outcome:
-    """The whole answer."""
-    async for item in generate(runner, prepared):
-        if isinstance(item, Outcome):
-            return item
-    raise AssertionError("the scheduler ended a generation without its final event")
-
-
-async def until_disconnect(request: Request, work: Any) -> Any:
-    """Await `work` (a coroutine), cancelling it if the client disconnects first (non-streaming answers)."""
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.1)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                task.cancel()
-                raise APIError(499, "client closed the request")
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
 
 
 def is_json_format(value: Any) -> bool:
