@@ -48,3 +48,33 @@ def test_a_file_given_for_a_directory_is_named_as_a_file(
         main()
     err = " ".join(capsys.readouterr().err.split())
     assert exit_info.value.code == 1 and f"{file} {message}" in err
+
+
+def test_every_train_config_field_is_a_train_flag_that_reaches_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import typer.main
+
+    import yunque.train.loop
+    from yunque.cli.app import app
+    from yunque.train.config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    flags = {opt for p in command.params for opt in [*p.opts, *getattr(p, "secondary_opts", [])]}
+    assert {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)} <= flags
+    assert {"--config", "--resume", "--no-compile"} <= flags
+
+    seen = {}
+
+    def capture(cfg, resume=False):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(yunque.train.loop, "train", capture)
+    monkeypatch.setattr("sys.argv", ["yunque", "train", "--out", str(tmp_path), "--beta2", "0.99", "--no-compile", "--schedule", "wsd",
+                                     "--model", "n_layer=3", "--time-budget", "5"])
+    with pytest.raises(SystemExit):
+        main()
+    cfg = seen["cfg"]
+    assert (cfg.beta2, cfg.compile, cfg.schedule, cfg.model, cfg.time_budget, cfg.max_steps) == (0.99, False, "wsd", {"n_layer": 3}, 5.0, None)
+    assert cfg.lr == TrainConfig().lr  # flags not given leave the defaults

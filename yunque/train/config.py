@@ -13,48 +13,57 @@ from yunque.model.config import PRESETS, DictConfig, ModelConfig, check_types, c
 Schedule = Literal["cosine", "wsd", "constant"]
 
 
+def _setting(default: Any, help: str) -> Any:
+    """A TrainConfig field with its one line of help: `yunque train` makes each field a flag with it."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig(DictConfig):
     """One pretraining run: data, model shape, optimizer, schedule, evaluation and checkpoints.
 
     A TOML file holds these fields at top level and model overrides in a `[model]` table;
-    command-line flags override the file. `batch_size` is per process and micro-step, so
+    command-line flags (one per field, `--max-steps` for max_steps) override the file. `batch_size` is per process and micro-step, so
     the global batch is batch_size × grad_accum × processes.
     """
 
     _what = "training config"
 
-    data: str = ""
-    out: str = "runs/train"
-    preset: str = "cpu-tiny"
-    model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides of the preset
-    max_steps: int | None = 1000
-    time_budget: float | None = None  # seconds of training (evaluation and checkpoints not counted)
-    batch_size: int = 16
-    grad_accum: int = 1
-    context: int = 256
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # the schedule ends at lr × this
-    schedule: Schedule = "cosine"
-    warmup_steps: int | None = None  # None: 100, or a tenth of a shorter schedule
-    decay_steps: int | None = None  # length of the schedule in steps; None means max_steps
-    decay_frac: float = 0.2  # WSD: the final fraction of the schedule that decays
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    eval_every: int = 250  # 0 evaluates only at the end
-    eval_seconds: float = 0.0  # also evaluate after this much training time since the last evaluation (0: off)
-    eval_tokens: int | None = None  # cap on validation tokens; None means the whole split
-    checkpoint_every: int = 500  # 0 checkpoints only at the end
-    keep_last: int = 3
-    log_every: int = 10
-    sample_tokens: int = 48
-    seed: int = 1337
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
-    compile: bool | None = None  # None: compile on CUDA only
-    threads: int | None = None  # CPU threads for PyTorch; None keeps its default (one per core)
+    data: str = _setting("", "Token shard directory made by `yunque data prepare`.")
+    out: str = _setting("runs/train", "Run directory: metrics.jsonl, checkpoints/, model/, loss.png.")
+    preset: str = _setting("cpu-tiny", "Model preset, e.g. cpu-tiny, cpu-small, llama-tiny, gpt2.")
+    model: dict[str, Any] = field(  # ModelConfig overrides of the preset
+        default_factory=dict, metadata={"help": "Model override FIELD=VALUE (repeatable), e.g. --model n_layer=6."}
+    )
+    max_steps: int | None = _setting(1000, "Optimizer steps to train for.")
+    time_budget: float | None = _setting(None, "Seconds of training, then evaluate and save (the schedule decays to fit).")
+    batch_size: int = _setting(16, "Sequences per process per micro-step.")
+    grad_accum: int = _setting(1, "Micro-steps per optimizer step (global batch = batch × accum × processes).")
+    context: int = _setting(256, "Tokens per training sequence.")
+    lr: float = _setting(1e-3, "Peak learning rate.")
+    min_lr_ratio: float = _setting(0.1, "The schedule ends at lr × this (0 decays to zero).")
+    schedule: Schedule = _setting("cosine", "cosine, wsd (warmup-stable-decay) or constant.")
+    warmup_steps: int | None = _setting(None, "Linear warmup steps (default: 100, or a tenth of a shorter run).")
+    decay_steps: int | None = _setting(None, "Schedule length in steps (default: --max-steps).")
+    decay_frac: float = _setting(0.2, "WSD: the final fraction of the schedule that decays.")
+    weight_decay: float = _setting(0.1, "AdamW weight decay of matrices and embeddings.")
+    beta1: float = _setting(0.9, "AdamW beta1 (decay of the gradient's running mean).")
+    beta2: float = _setting(0.95, "AdamW beta2 (decay of the squared gradient's running mean).")
+    grad_clip: float = _setting(1.0, "Clip the gradient norm to this (0: no clipping).")
+    eval_every: int = _setting(250, "Evaluate every N steps (0: only at the end).")
+    eval_seconds: float = _setting(0.0, "Also evaluate after every N seconds of training (0: off).")
+    eval_tokens: int | None = _setting(None, "Cap on validation tokens per evaluation (default: the whole split).")
+    checkpoint_every: int = _setting(500, "Checkpoint every N steps (0: only at the end).")
+    keep_last: int = _setting(3, "Checkpoints to keep.")
+    log_every: int = _setting(10, "Append train metrics every N steps.")
+    sample_tokens: int = _setting(48, "Tokens of sample text at each evaluation (0: none).")
+    seed: int = _setting(1337, "Seed for initialisation and batch sampling.")
+    device: Literal["auto", "cpu", "cuda"] = _setting("auto", "cpu or cuda (default: cuda when available).")
+    dtype: Literal["auto", "float32", "bfloat16"] = _setting(
+        "auto", "float32 or bfloat16 autocast (default: bf16 on CUDA and on CPUs with native bf16, else fp32)."
+    )
+    compile: bool | None = _setting(None, "torch.compile the model (default: on CUDA only).")
+    threads: int | None = _setting(None, "CPU threads for PyTorch (default: one per core).")
 
     def __post_init__(self) -> None:
         self.validate()

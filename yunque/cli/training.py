@@ -1,0 +1,102 @@
+"""`yunque train` and `yunque quickstart`: make a model.
+
+`yunque train` has one flag per `TrainConfig` field, derived from the dataclass (name, type,
+help), so a new field is a new flag without touching this module. A flag left out is None,
+which `resolve_config` reads as "not given": the TOML file or the resumed run decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import typer
+
+from yunque.cli import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
+from yunque.cli.output import console
+from yunque.train.config import TrainConfig
+
+commands = typer.Typer()
+
+
+def _flag_type(hint: Any) -> Any:
+    """The command-line type of a TrainConfig field: Optional scalars are their scalar, Literal
+    choices are text (TrainConfig names the choices in its error), a dict is repeated FIELD=VALUE."""
+    if get_origin(hint) in (Union, types.UnionType):
+        hint = next(a for a in get_args(hint) if a is not type(None))
+    if get_origin(hint) is Literal:
+        return str
+    if get_origin(hint) is dict:
+        return list[str]
+    return hint
+
+
+def _flag(field: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    name = "--" + field.name.replace("_", "-")
+    kind = _flag_type(hint)
+    decls = [f"{name}/--no-{name[2:]}"] if kind is bool else [name]
+    option = typer.Option(None, *decls, help=field.metadata["help"], metavar="FIELD=VALUE" if kind == list[str] else None)
+    return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
+
+
+def _train_signature() -> inspect.Signature:
+    """`--config` and `--resume`, then a flag for every TrainConfig field."""
+    hints = get_type_hints(TrainConfig)
+    own = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(
+            None, "--config", help="TOML file of training settings (model overrides in its `model` table); flags override it.")),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+            False, "--resume", help="Continue the run in --out from its latest complete checkpoint.")),
+    ]
+    return inspect.Signature(own + [_flag(f, hints[f.name]) for f in dataclasses.fields(TrainConfig)])
+
+
+def train_command(config: Path | None, resume: bool, **flags: Any) -> None:
+    """Pretrain a model on token shards; under `torchrun` it trains data parallel."""
+    from yunque.train.loop import parse_overrides, resolve_config, train
+
+    flags["model"] = parse_overrides(flags["model"]) if flags.get("model") else None
+    cfg = resolve_config(config, resume=resume, **flags)
+    result = train(cfg, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque train --out {cfg.out} --resume`.")
+        raise typer.Exit(130)
+    console.print(
+        f"[bold green]done[/]: {result.step} steps, {result.tokens:,} tokens, val loss {result.val_loss:.4f}, "
+        f"[bold]{result.val_bpb:.4f} bits/byte[/]; model in {result.model_dir}",
+        highlight=False,
+    )
+    if result.sample:
+        console.print(f"sample: {result.sample!r}", highlight=False, markup=False, soft_wrap=True)
+
+
+train_command.__signature__ = _train_signature()
+commands.command("train")(train_command)
+
+
+@commands.command("quickstart")
+def quickstart_command(
+    out: Path = typer.Option(quickstart_defaults.DEFAULT_RUN_DIR, "--out", help="Run directory for everything the quickstart makes."),
+    vocab_size: int = typer.Option(quickstart_defaults.DEFAULT_VOCAB_SIZE, "--vocab-size", help="Tokenizer vocabulary size."),
+    train_seconds: float = typer.Option(quickstart_defaults.DEFAULT_TRAIN_SECONDS, "--train-seconds", help="Seconds to train the model for."),
+) -> None:
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
+    from yunque.cli.quickstart import quickstart, render
+
+    with console.status("starting") as status:
+
+        def on_stage(name: str, what: str) -> None:
+            if name == "train":  # the trainer shows its own progress bar
+                status.stop()
+                console.print(f"{what} for {train_seconds:.0f} s...")
+            else:
+                status.update(f"{what}...")
+
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage)
+    render(report, console)
