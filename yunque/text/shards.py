@@ -15,6 +15,7 @@ training windows, and walks a split once in order for evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -159,6 +160,33 @@ def _check_out_dir(out_dir: Path, force: bool) -> None:
         raise YunqueError(f"{out_dir} already holds token shards; pass --force to replace them.")
 
 
+def _write_splits(tmp: Path, tokenizer: Any, pieces: Iterable[Any], dtype: np.dtype, workers: int | None, advance: Any) -> dict[str, dict[str, Any]]:
+    """Encode `pieces` into tmp/{train,val}.bin: each split opens with an end-of-text token and
+    each document ends with one. Returns each split's documents, tokens and UTF-8 bytes;
+    `advance(n)` is told the bytes encoded as it goes."""
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
+    stats = {split: {"file": f"{split}.bin", "documents": 0, "tokens": 0, "bytes": 0} for split in SPLITS}
+    with contextlib.ExitStack() as stack:
+        files = {split: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for split in SPLITS}
+        for split in SPLITS:
+            eot.tofile(files[split])
+            stats[split]["tokens"] += 1
+        for batch in _batches(pieces):
+            encoded = tokenizer.encode_batch([p.text for p in batch], num_threads=workers)
+            for piece, ids in zip(batch, encoded):
+                arr = np.asarray(ids, dtype=dtype)
+                if piece.ends_doc:
+                    arr = np.concatenate([arr, eot])
+                arr.tofile(files[piece.split])
+                n_bytes = len(piece.text.encode("utf-8"))
+                s = stats[piece.split]
+                s["tokens"] += len(arr)
+                s["bytes"] += n_bytes
+                s["documents"] += piece.new_doc
+                advance(n_bytes)
+    return stats
+
+
 def prepare(
     inputs: Sequence[str | os.PathLike],
     tokenizer_dir: str | os.PathLike,
@@ -190,33 +218,10 @@ def prepare(
     doc_bytes = [len(doc.encode("utf-8")) for doc in docs()]
     plan = plan_split(doc_bytes, val_fraction)
     dtype = token_dtype(tokenizer.vocab_size)
-    eot = np.array([tokenizer.eot_id], dtype=dtype)
-    stats = {split: {"file": f"{split}.bin", "documents": 0, "tokens": 0, "bytes": 0} for split in SPLITS}
-
     with atomic_dir(out_dir, overwrite=force) as tmp:
-        files = {split: open(tmp / f"{split}.bin", "wb") for split in SPLITS}
-        try:
-            for split in SPLITS:
-                eot.tofile(files[split])
-                stats[split]["tokens"] += 1
-            bar = tqdm(total=sum(doc_bytes), unit="B", unit_scale=True, desc="encoding", disable=not progress)
-            for batch in _batches(_routed_pieces(docs(), plan)):
-                encoded = tokenizer.encode_batch([p.text for p in batch], num_threads=workers)
-                for piece, ids in zip(batch, encoded):
-                    arr = np.asarray(ids, dtype=dtype)
-                    if piece.ends_doc:
-                        arr = np.concatenate([arr, eot])
-                    arr.tofile(files[piece.split])
-                    n_bytes = len(piece.text.encode("utf-8"))
-                    s = stats[piece.split]
-                    s["tokens"] += len(arr)
-                    s["bytes"] += n_bytes
-                    s["documents"] += piece.new_doc
-                    bar.update(n_bytes)
-            bar.close()
-        finally:
-            for f in files.values():
-                f.close()
+        bar = tqdm(total=sum(doc_bytes), unit="B", unit_scale=True, desc="encoding", disable=not progress)
+        with bar:
+            stats = _write_splits(tmp, tokenizer, _routed_pieces(docs(), plan), dtype, workers, bar.update)
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
