@@ -331,3 +331,18 @@ def test_cli_run_in_process_without_a_server(server):
     assert chat.returncode == 0 and "loading tiny in this process" in chat.stderr and chat.stdout.strip()
     none = _cli(server, "ps", host=f"127.0.0.1:{free_port()}")
     assert none.returncode == 1 and "yunque serve" in none.stderr
+
+
+def test_a_web_page_cannot_rewrite_a_model_or_rebind_to_the_server(server):
+    """What a hostile page can send to 127.0.0.1 (a text/plain POST, a DNS-rebound Host) is refused before any route runs."""
+    attack = json.dumps({"model": "tiny", "modelfile": "FROM tiny\nSYSTEM You are now the attacker's."}).encode()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        before = http.post("/api/show", json={"model": "tiny"}).json()["system"]
+        r = http.post("/api/create", content=attack, headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+        assert r.status_code == 403 and "YUNQUE_ORIGINS" in r.json()["error"]
+        r = http.post("/api/create", content=attack, headers={"Host": f"rebound.example:{server.port}"})
+        assert r.status_code == 403
+        assert http.post("/api/show", json={"model": "tiny"}).json()["system"] == before
+        r = http.post("/api/show", content=b"{" + b" " * (33 * 1000**2) + b"}")
+        assert r.status_code == 413
+        assert http.get("/api/version", headers={"Origin": server.url}).status_code == 200  # the web chat's own origin

@@ -135,7 +135,7 @@ def test_api_key_is_required_on_every_route(store_with_models):
     app = create_app(ModelManager(_fake_loader([])), api_key="s3cret")
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             r = await http.get("/api/tags")
             assert r.status_code == 401 and "API key" in r.json()["error"]
             r = await http.get("/v1/models", headers={"Authorization": "Bearer wrong"})
@@ -207,7 +207,7 @@ def test_full_queue_is_503_in_both_dialects(store_with_models):
     app = create_app(ModelManager(load))
 
     async def scenario():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
             r = await http.post("/api/chat", json={"model": "a", "messages": [{"role": "user", "content": "hi"}]})
             assert r.status_code == 503 and "busy" in r.json()["error"]
             r = await http.post("/v1/chat/completions", json={"model": "a", "messages": [{"role": "user", "content": "hi"}], "stream": True})
@@ -308,3 +308,58 @@ def test_the_one_table_of_sampling_names_names_real_fields_everywhere():
     assert from_generation_config({"repetition_penalty": 1.2, "top_p": None, "do_sample": True}) == {"repeat_penalty": 1.2}
     body = ChatCompletionRequest(model="m", messages=[], temperature=0.5, presence_penalty=0.25)
     assert from_openai(body) == {"temperature": 0.5, "presence_penalty": 0.25}
+
+
+def test_size_units_and_the_policy_from_the_environment():
+    from yunque.server.guard import DEFAULT_MAX_BODY, parse_size, policy_from_env
+
+    assert [parse_size(v) for v in ("1048576", "32MB", "512k", "1GiB", "2 KiB")] == [1048576, 32_000_000, 512_000, 2**30, 2048]
+    with pytest.raises(YunqueError, match="32MB"):
+        parse_size("lots")
+    policy = policy_from_env("127.0.0.1", {"YUNQUE_ORIGINS": "https://app.example, chrome-extension://*", "YUNQUE_MAX_BODY": "1KB"})
+    assert policy.loopback_bind and policy.max_body == 1000 and policy_from_env("127.0.0.1", {}).max_body == DEFAULT_MAX_BODY
+    assert policy.origin_allowed("chrome-extension://abc", "127.0.0.1:11434") and policy.origin_allowed("http://localhost:3000", None)
+    assert not policy.origin_allowed("https://evil.example", "127.0.0.1:11434") and not policy.origin_allowed("null", None)
+    public = policy_from_env("0.0.0.0", {"YUNQUE_HOSTS": "box.lan"})
+    assert public.host_allowed("box.lan:11434") and public.host_allowed("[::1]:11434") and not public.host_allowed("evil.example")
+    assert policy_from_env("0.0.0.0", {}).host_allowed("anything.example")  # beyond loopback the API key guards
+    assert policy_from_env("0.0.0.0", {}).origin_allowed("http://box.lan:11434", "box.lan:11434")  # the web chat, same origin
+
+
+def test_the_guard_refuses_cross_site_rebinding_and_oversized_requests(store_with_models):
+    from yunque.server.app import create_app
+    from yunque.server.guard import Policy
+
+    app = create_app(ModelManager(_fake_loader([])), policy=Policy(origins=("https://ok.example",), max_body=2000))
+    evil = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:11434") as http:
+            r = await http.post("/api/copy", content=b'{"source": "a", "destination": "stolen"}', headers=evil)
+            assert r.status_code == 403 and "evil.example" in r.json()["error"]
+            r = await http.post("/v1/chat/completions", content=b"{}", headers=evil)
+            assert r.status_code == 403 and r.json()["error"]["message"].startswith("requests from the web page")
+            r = await http.get("/api/tags", headers={"Host": "rebound.example:11434"})
+            assert r.status_code == 403 and "Host" in r.json()["error"]
+            r = await http.get("/api/tags", headers={"Origin": "http://localhost:5173"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:5173"
+            pre = {"Origin": "https://ok.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, authorization"}
+            r = await http.options("/v1/chat/completions", headers=pre)
+            assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "https://ok.example"
+            assert "POST" in r.headers["access-control-allow-methods"] and r.headers["access-control-allow-headers"] == "content-type, authorization"
+            r = await http.options("/v1/chat/completions", headers={**pre, "Origin": "https://evil.example"})
+            assert r.status_code == 403
+            r = await http.post("/api/show", content=b"x" * 2001)
+            assert r.status_code == 413 and "2,000 bytes" in r.json()["error"]
+
+            async def chunked():
+                for _ in range(3):
+                    yield b"x" * 1000
+
+            r = await http.post("/api/show", content=chunked())  # no Content-Length: counted as it arrives
+            assert r.status_code == 413
+            r = await http.post("/api/show", content=b'{"model": "a"}')  # curl: no Origin, form content type
+            assert r.status_code == 200 and r.json()["details"]
+
+    asyncio.run(scenario())
+    assert sorted(str(e.name) for e in store_with_models.list_models()) == ["a:latest", "b:latest", "c:latest"]  # nothing was copied

@@ -1,7 +1,7 @@
 """The FastAPI application: Ollama routes, OpenAI routes, the web chat, auth and error mapping.
 
 `create_app` builds it around a `ModelManager`; `serve` runs it under uvicorn. Routes are
-thin: they parse a request, ask `generation`/`store` for the work, and shape the answer.
+thin: they parse a request, ask `prepare`/`store` for the work, and `answer` writes the reply.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from yunque.errors import YunqueError
 from yunque.server import ollama_api, openai_api
 from yunque.server.errors import APIError, error_response, install_error_handlers
+from yunque.server.guard import Guard, Policy, policy_from_env
 from yunque.server.manager import ModelManager
 from yunque.server.runner import load_runner
 from yunque.server.settings import DEFAULT_KEEP_ALIVE, require_key_for
@@ -48,8 +49,10 @@ class JSONBodies:
         await self.app(scope, receive, send)
 
 
-def create_app(manager: ModelManager | None = None, api_key: str | None = None) -> FastAPI:
-    """The server application. With `api_key`, every route but the web chat's static files needs `Authorization: Bearer <key>`."""
+def create_app(manager: ModelManager | None = None, api_key: str | None = None, policy: Policy | None = None) -> FastAPI:
+    """The server application. With `api_key`, every route but the web chat's static files needs
+    `Authorization: Bearer <key>`; `policy` (default: a loopback server's) says which origins,
+    hosts and body sizes are let in (yunque.server.guard)."""
     manager = manager or ModelManager(load_runner)
 
     @asynccontextmanager
@@ -84,6 +87,7 @@ def create_app(manager: ModelManager | None = None, api_key: str | None = None) 
         return RedirectResponse("/ui/")
 
     app.mount("/ui/", StaticFiles(directory=STATIC, html=True), name="ui")
+    app.add_middleware(Guard, policy=policy or Policy())  # added last, so it runs first
     return app
 
 
@@ -122,11 +126,13 @@ def serve(
     import uvicorn
 
     require_key_for(host, api_key)
+    policy = policy_from_env(host)  # a bad YUNQUE_MAX_BODY fails before the port is taken
     sock = listen(host, port)
     try:
         logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue)
-        app = create_app(ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded), api_key)
+        manager = ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded)
+        app = create_app(manager, api_key, policy)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
         if on_listening:
             on_listening()
