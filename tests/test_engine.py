@@ -11,6 +11,7 @@ from yunque.infer.generate import generate, generate_batch, generate_ids
 from yunque.errors import YunqueError
 from yunque.model.transformer import Transformer
 from yunque.infer.engine import Engine, QueueFullError
+from yunque.infer.sampling import SamplingParams
 from yunque.text.tokenizer import Tokenizer
 
 TEXT = (
@@ -310,3 +311,34 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(model):
             list(handle)
         after = engine.submit([1, 2], temperature=0, max_new_tokens=5, stop_token_ids=[])
         assert [t for c in after for t in c.token_ids] == naive_greedy(model, [1, 2], 5)
+
+
+def test_extreme_sampling_values_are_refused_before_they_reach_a_batch(model):
+    for bad in (dict(temperature=1e-300), dict(repetition_penalty=1e-300), dict(temperature=float("inf")), dict(top_p=float("nan"))):
+        with pytest.raises(YunqueError, match="Invalid sampling setting"):
+            SamplingParams(**bad)
+
+
+@pytest.mark.parametrize("poison", [dict(temperature=1e-300), dict(repetition_penalty=1e-300, temperature=0.7)])
+def test_one_poisoned_request_fails_alone_and_its_15_batch_mates_finish(model, poison):
+    """Values that slipped past validation (set after it) make one row's draw fail: that request
+    ends with an error, and the other 15, decoded in the same batch, draw what they draw alone."""
+    prompts = [list(range(3 + i, 9 + i)) for i in range(16)]
+    settings = [MIXED[i % len(MIXED)] for i in range(16)]
+    expected = [alone(model, p, s) for p, s in zip(prompts, settings)]
+    with Engine(model, max_batch=16) as engine:
+        handles = []
+        for i, (prompt, extra) in enumerate(zip(prompts, settings)):
+            params = SamplingParams(max_new_tokens=15, stop_token_ids=[], **extra)
+            if i == 5:
+                for name, value in poison.items():
+                    setattr(params, name, value)  # past validation, as a bug elsewhere might leave it
+            handles.append(engine.submit(prompt, params))
+        results = []
+        for i, handle in enumerate(handles):
+            if i == 5:
+                with pytest.raises(YunqueError, match="Sampling failed for this request"):
+                    list(handle)
+                continue
+            results.append([t for chunk in handle for t in chunk.token_ids])
+    assert results == expected[:5] + expected[6:]

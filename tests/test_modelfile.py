@@ -61,6 +61,8 @@ def test_template_backslashes_are_kept_verbatim() -> None:
         ("FROM x\nPARAMETER top_p 1.5\n", 2, "between 0.0 and 1.0"),
         ("FROM x\nPARAMETER top_k 2.5\n", 2, "top_k"),
         ("FROM x\nPARAMETER temperature nan\n", 2, "finite"),
+        ("FROM x\nPARAMETER temperature 1e-300\n", 2, "0 \\(greedy\\) or at least 0.001"),
+        ("FROM x\nPARAMETER repeat_penalty 1e-300\n", 2, "between 0.01 and 100"),
         ("FROM x\nPARAMETER mirostat 1\n", 2, "unknown parameter 'mirostat'"),
         ("FROM x\nPARAMETER temperature\n", 2, "needs a name and a value"),
         ("FROM x\n# ok\nFOO bar\n", 3, "unknown instruction 'FOO'"),
@@ -99,7 +101,7 @@ _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 
 
 @settings(max_examples=150, deadline=None)
-@given(system=_text, template=st.none() | _text, stops=st.lists(_text.filter(lambda s: s != ""), max_size=3), content=_text, temp=st.floats(0, 5))
+@given(system=_text, template=st.none() | _text, stops=st.lists(_text.filter(lambda s: s != ""), max_size=3), content=_text, temp=st.just(0.0) | st.floats(0.001, 5))
 def test_round_trip_property(system: str, template: str | None, stops: list[str], content: str, temp: float) -> None:
     params = {"temperature": temp, **({"stop": stops} if stops else {})}
     mf = Modelfile(from_="base:latest", parameters=params, system=system, template=template, messages=[{"role": "user", "content": content}])

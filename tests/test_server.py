@@ -346,3 +346,25 @@ def test_a_web_page_cannot_rewrite_a_model_or_rebind_to_the_server(server):
         r = http.post("/api/show", content=b"{" + b" " * (33 * 1000**2) + b"}")
         assert r.status_code == 413
         assert http.get("/api/version", headers={"Origin": server.url}).status_code == 200  # the web chat's own origin
+
+
+def test_a_poisoned_request_among_15_streams_fails_alone(server):
+    """Sampling values that would underflow in float32 are a 400 for their request only; the 15
+    streams sent beside it all finish."""
+
+    async def poisoned(http: httpx.AsyncClient, options: dict) -> httpx.Response:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "poison"}], "options": {"num_predict": 24, **options}}
+        return await http.post("/api/chat", json=body)
+
+    async def run() -> list:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=httpx.Limits(max_connections=32)) as http:
+            return await asyncio.gather(
+                *(_client(http, i, 1) for i in range(15)),
+                poisoned(http, {"temperature": 1e-300}),
+                poisoned(http, {"repeat_penalty": 1e-300}),
+            )
+
+    *healthy, bad_temperature, bad_penalty = asyncio.run(run())
+    assert len(healthy) == 15 and all(final_count >= 1 for [(_, final_count)] in healthy)
+    assert bad_temperature.status_code == 400 and "temperature must be 0 (greedy) or between" in bad_temperature.json()["error"]
+    assert bad_penalty.status_code == 400 and "repetition_penalty must be between" in bad_penalty.json()["error"]

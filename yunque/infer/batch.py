@@ -89,6 +89,7 @@ class Request:
         self.t_start = self.t_prefill = 0.0
         self.cached = 0  # tokens of this request in its cache slot
         self.on_error: Callable[[BaseException], None] | None = None
+        self.error: YunqueError | None = None  # why this request alone failed (its sampling), if it did
         self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
 
     def finish(self, reason: str) -> None:
@@ -117,7 +118,8 @@ class Request:
         ))
 
     def fail(self, error: BaseException) -> None:
-        """The engine broke while running this request: report the error instead of a result."""
+        """This request cannot go on (the engine broke, or its own sampling did): report the error
+        instead of a result. Without an error handler (no Engine) the error is raised."""
         if not self.finished:
             self.finished = True
             if self.on_error is None:
@@ -199,7 +201,7 @@ class Batch:
         t_done = time.perf_counter()
         for req in group:
             req.t_prefill = t_done
-        self._emit(group, tokens.tolist())
+        self._emit(group, tokens)
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -212,9 +214,11 @@ class Batch:
         self.pos[:n] += 1
         for req in self.active:
             req.cached += 1
-        self._emit(self.active, self._sample(logits, 0, n).tolist())
+        self._emit(self.active, self._sample(logits, 0, n))
 
-    def _sample(self, logits: Tensor, lo: int, hi: int) -> Tensor:
+    def _sample(self, logits: Tensor, lo: int, hi: int) -> list[int | None]:
+        """Each row's next token, or None for a row whose settings gave no valid token (it fails
+        alone: its batch mates' tokens are drawn as if it were not there)."""
         reqs = self.active[lo:hi]
         batch = self._sampling if (lo, hi) == (0, len(self.active)) else None
         if batch is None:
@@ -226,21 +230,58 @@ class Batch:
             logits = logits.clone()
             for row, constraint in constrained:
                 logits[row] = constraint.mask(logits[row])
-        if batch.penalized:
-            # Rows without penalties never had their state reset: multiplying by 1 / adding 0 keeps them exact.
-            token = sample(logits, batch, self.seen[lo:hi], self.counts[lo:hi])
+        try:
+            token, tokens = self._draw(logits, batch, lo, hi)
+        except _NoToken:
+            return self._sample_rows(logits, reqs, lo)
+        self._note(token, lo, hi, batch.penalized)
+        return tokens
+
+    def _draw(self, logits: Tensor, batch: SamplingBatch, lo: int, hi: int) -> tuple[Tensor, list[int]]:
+        """Tokens under `batch`'s settings, as a tensor and a list; _NoToken when a row's draw is
+        not a token id (non-finite probabilities give an index past the vocabulary) or raises."""
+        try:
+            if batch.penalized:
+                # Rows without penalties never had their state reset: multiplying by 1 / adding 0 keeps them exact.
+                token = sample(logits, batch, self.seen[lo:hi], self.counts[lo:hi])
+            else:
+                token = sample(logits, batch)
+        except (RuntimeError, IndexError) as e:
+            raise _NoToken(str(e)) from e
+        tokens = token.tolist()
+        if not all(0 <= t < self.vocab_size for t in tokens):
+            raise _NoToken("its probabilities were not finite numbers")
+        return token, tokens
+
+    def _sample_rows(self, logits: Tensor, reqs: list[Request], lo: int) -> list[int | None]:
+        """Draw row by row, so the rows that fail are found; each row's stream is its own, so the
+        others draw exactly what they would have drawn together."""
+        self._sampling = None  # the batch's draw counters advanced; rebuild them from the requests
+        tokens: list[int | None] = []
+        for row, req in enumerate(reqs):
+            one = SamplingBatch([req.params], self.device, [len(req.generated)])
+            try:
+                token, [picked] = self._draw(logits[row : row + 1], one, lo + row, lo + row + 1)
+            except _NoToken as e:
+                req.error = YunqueError(f"Sampling failed for this request ({e}); use less extreme sampling values.")
+                tokens.append(None)
+                continue
+            self._note(token, lo + row, lo + row + 1, one.penalized)
+            tokens.append(picked)
+        return tokens
+
+    def _note(self, token: Tensor, lo: int, hi: int, penalized: bool) -> None:
+        """Record rows lo:hi's new tokens: the next step's input and the penalties' state."""
+        if penalized:
             self.seen[lo:hi].scatter_(1, token[:, None], True)
             self.counts[lo:hi].scatter_add_(1, token[:, None], torch.ones_like(token[:, None], dtype=self.counts.dtype))
-        else:
-            token = sample(logits, batch)
         self.last[lo:hi, 0] = token
-        return token
 
-    def _emit(self, reqs: list[Request], tokens: list[int]) -> None:
+    def _emit(self, reqs: list[Request], tokens: list[int | None]) -> None:
         done = []
         for req, token in zip(reqs, tokens):
-            if req.cancelled:
-                done.append((req, "cancelled"))
+            if req.cancelled or token is None:
+                done.append((req, "cancelled" if token is not None else "error"))
                 continue
             req.generated.append(token)
             reason = None
@@ -275,7 +316,10 @@ class Batch:
             self.active[slot] = self.active[last]
         self.active.pop()
         self._sampling = None
-        req.finish(reason)
+        if reason == "error" and req.error is not None:
+            req.fail(req.error)
+        else:
+            req.finish(reason)
 
     def reset(self) -> list[Request]:
         """Empty every slot without reporting results (after a failed step); returns who was there."""
@@ -285,6 +329,10 @@ class Batch:
     def cancel_flagged(self) -> None:
         for req in [r for r in self.active if r.cancelled]:
             self.remove(req, "cancelled")
+
+
+class _NoToken(Exception):
+    """A draw gave no token id (non-finite probabilities): which row, the row-by-row draw finds out."""
 
 
 _LOGITS_BUDGET = 1 << 25  # rows x tokens x vocab per prefill forward

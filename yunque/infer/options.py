@@ -40,6 +40,19 @@ def _stop(value: Any) -> list[str]:
     return values
 
 
+# Ranges that keep a value meaningful in float32, where sampling runs (SamplingParams checks
+# the same): a temperature or repetition penalty of 1e-300 is 0 there and divides into infinities.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+MIN_PENALTY = 1e-2
+
+
+def _temperature(value: Any) -> float:
+    out = _number(float, 0.0, MAX_TEMPERATURE)(value)
+    if 0 < out < MIN_TEMPERATURE:
+        raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE}")
+    return out
+
+
 @dataclass(frozen=True)
 class Option:
     """One sampling option under its Ollama name."""
@@ -52,7 +65,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("temperature", _number(float, 0.0), field="temperature", hf="temperature", openai="temperature"),
+    Option("temperature", _temperature, field="temperature", hf="temperature", openai="temperature"),
     Option("top_k", _number(int, 0), field="top_k", hf="top_k"),
     Option("top_p", _number(float, 0.0, 1.0), field="top_p", hf="top_p", openai="top_p"),
     Option("min_p", _number(float, 0.0, 1.0), field="min_p", hf="min_p"),
@@ -60,7 +73,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("num_ctx", _number(int, 1)),
     Option("seed", _number(int), field="seed", openai="seed"),
     Option("stop", _stop, openai="stop"),
-    Option("repeat_penalty", _number(float, 0.0), field="repetition_penalty", hf="repetition_penalty"),
+    Option("repeat_penalty", _number(float, MIN_PENALTY, 1 / MIN_PENALTY), field="repetition_penalty", hf="repetition_penalty"),
     Option("repeat_last_n", _number(int, -1)),  # -1 means the whole context, 0 disables
     Option("presence_penalty", _number(float), field="presence_penalty", openai="presence_penalty"),
     Option("frequency_penalty", _number(float), field="frequency_penalty", openai="frequency_penalty"),

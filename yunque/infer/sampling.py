@@ -10,6 +10,7 @@ argmax or temperature, top-k, top-p, min-p and a draw.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from yunque.errors import YunqueError
+from yunque.infer.options import MAX_TEMPERATURE, MIN_PENALTY, MIN_TEMPERATURE
 
 
 @dataclass
@@ -66,11 +68,18 @@ class SamplingParams:
             if not ok:
                 raise YunqueError(f"Invalid sampling setting: {msg}.")
 
-        need(self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        # Ranges keep every value meaningful in float32, where sampling runs: a temperature or a
+        # repetition penalty of 1e-300 is 0 there and would divide logits into infinities.
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number, got {value!r}")
+        need(self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE,
+             f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and {MAX_TEMPERATURE:g}, got {self.temperature}")
         need(isinstance(self.top_k, int) and self.top_k >= 0, f"top_k must be an integer >= 0 (0 means off), got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         need(0 <= self.min_p < 1, f"min_p must be in [0, 1), got {self.min_p}")
-        need(self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 means off), got {self.repetition_penalty}")
+        need(MIN_PENALTY <= self.repetition_penalty <= 1 / MIN_PENALTY,
+             f"repetition_penalty must be between {MIN_PENALTY} and {1 / MIN_PENALTY:g} (1 means off), got {self.repetition_penalty}")
         need(-2 <= self.frequency_penalty <= 2, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
         need(-2 <= self.presence_penalty <= 2, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         need(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1, f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}")
