@@ -342,3 +342,24 @@ def test_one_poisoned_request_fails_alone_and_its_15_batch_mates_finish(model, p
                 continue
             results.append([t for chunk in handle for t in chunk.token_ids])
     assert results == expected[:5] + expected[6:]
+
+
+def test_padded_vocabulary_rows_are_never_sampled(tok):
+    """Checkpoints pad their embedding past the tokenizer (Qwen2.5: 151,936 rows for 151,665
+    tokens). Here the padding carries all the signal, so an unguarded argmax would pick it; every
+    path must still emit only ids the tokenizer can decode."""
+    model = tiny(tok.vocab_size + 37)
+    with torch.no_grad():
+        model.lm_head.weight[: tok.vocab_size] = 0
+        model.lm_head.weight[tok.vocab_size :] *= 50
+        assert int(model(torch.tensor([[1, 2, 3]]))[0, -1].argmax()) >= tok.vocab_size
+    for settings in (dict(temperature=0), dict(temperature=1.0, seed=1), dict(temperature=0.7, repetition_penalty=1.3, seed=2)):
+        stream = generate(model, tok, "hola", max_new_tokens=20, stop_token_ids=[], **settings)
+        text = "".join(stream)
+        ids = stream.result.token_ids
+        assert len(ids) == 20 and max(ids) < tok.vocab_size and text == tok.decode(ids)
+    [batched] = generate_batch(model, ["hola"], tokenizer=tok, temperature=1.0, seed=3, max_new_tokens=20, stop_token_ids=[])
+    assert max(batched.token_ids) < tok.vocab_size
+    with Engine(model, tok, max_batch=2) as engine:
+        handle = engine.submit("hola", temperature=1.0, seed=4, max_new_tokens=20, stop_token_ids=[])
+        assert max(t for chunk in handle for t in chunk.token_ids) < tok.vocab_size

@@ -130,13 +130,16 @@ class Request:
 class Batch:
     """`n_slots` rows of one static KV cache decoded together; not thread-safe (one owner)."""
 
-    def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None) -> None:
+    def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None, tokenizer: Any = None) -> None:
         self.model = model
         tune_products(model)  # once per model: how this CPU's BLAS multiplies a few rows fastest
         self.cache = model.make_cache(n_slots, max_len)
         self.max_len = self.cache.max_len
         self.device = model.tok_emb.weight.device
         self.vocab_size = model.config.vocab_size
+        # Checkpoints often pad their embedding past the tokenizer (Qwen2.5: 151,936 rows for 151,665
+        # tokens); ids past the tokenizer's have no text, so sampling never looks at their logits.
+        self.sample_vocab = sample_vocab(model, tokenizer)
         self.active: list[Request] = []
         self.pos = torch.zeros(n_slots, dtype=torch.long, device=self.device)  # next cache position per slot
         self.last = torch.zeros(n_slots, 1, dtype=torch.long, device=self.device)  # last sampled token per slot
@@ -191,12 +194,13 @@ class Batch:
         self._sampling = None
         if any(r.params.has_penalties for r in group):
             if self.seen is None:
-                self.seen = torch.zeros(self.n_slots, self.vocab_size, dtype=torch.bool, device=self.device)
-                self.counts = torch.zeros(self.n_slots, self.vocab_size, device=self.device)
+                self.seen = torch.zeros(self.n_slots, self.sample_vocab, dtype=torch.bool, device=self.device)
+                self.counts = torch.zeros(self.n_slots, self.sample_vocab, device=self.device)
             self.seen[lo : lo + n] = False
             self.counts[lo : lo + n] = 0
             for row, length in enumerate(lengths):
-                self.seen[lo + row, ids[row, :length]] = True
+                prompt = ids[row, :length]
+                self.seen[lo + row, prompt[prompt < self.sample_vocab]] = True
         tokens = self._sample(last, lo, lo + n)
         t_done = time.perf_counter()
         for req in group:
@@ -225,17 +229,26 @@ class Batch:
             batch = SamplingBatch([r.params for r in reqs], self.device, [len(r.generated) for r in reqs])
             if (lo, hi) == (0, len(self.active)):
                 self._sampling = batch
-        constrained = [(row, r.constraint) for row, r in enumerate(reqs) if r.constraint is not None]
-        if constrained:
-            logits = logits.clone()
-            for row, constraint in constrained:
-                logits[row] = constraint.mask(logits[row])
+        logits = self._constrain(logits[:, : self.sample_vocab], reqs)
         try:
             token, tokens = self._draw(logits, batch, lo, hi)
         except _NoToken:
             return self._sample_rows(logits, reqs, lo)
         self._note(token, lo, hi, batch.penalized)
-        return tokens
+        return [None if req.error is not None else t for req, t in zip(reqs, tokens)]
+
+    def _constrain(self, logits: Tensor, reqs: list[Request]) -> Tensor:
+        """Mask the rows of requests with an output constraint; a row it cannot continue fails alone."""
+        constrained = [(row, r) for row, r in enumerate(reqs) if r.constraint is not None]
+        if not constrained:
+            return logits
+        logits = logits.clone()
+        for row, req in constrained:
+            try:
+                logits[row] = req.constraint.mask(logits[row])
+            except YunqueError as e:
+                req.error = e  # its row keeps plain logits for this draw, whose token is then dropped
+        return logits
 
     def _draw(self, logits: Tensor, batch: SamplingBatch, lo: int, hi: int) -> tuple[Tensor, list[int]]:
         """Tokens under `batch`'s settings, as a tensor and a list; _NoToken when a row's draw is
@@ -249,7 +262,7 @@ class Batch:
         except (RuntimeError, IndexError) as e:
             raise _NoToken(str(e)) from e
         tokens = token.tolist()
-        if not all(0 <= t < self.vocab_size for t in tokens):
+        if not all(0 <= t < self.sample_vocab for t in tokens):
             raise _NoToken("its probabilities were not finite numbers")
         return token, tokens
 
@@ -259,6 +272,9 @@ class Batch:
         self._sampling = None  # the batch's draw counters advanced; rebuild them from the requests
         tokens: list[int | None] = []
         for row, req in enumerate(reqs):
+            if req.error is not None:
+                tokens.append(None)
+                continue
             one = SamplingBatch([req.params], self.device, [len(req.generated)])
             try:
                 token, [picked] = self._draw(logits[row : row + 1], one, lo + row, lo + row + 1)
@@ -354,6 +370,12 @@ def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
 
 
 # ---------------------------------------------------------------------- request preparation
+
+
+def sample_vocab(model: Transformer, tokenizer: Any = None) -> int:
+    """How many ids may be sampled: the model's vocabulary, cut to the tokenizer's when it is smaller."""
+    size = model.config.vocab_size
+    return min(size, tokenizer.vocab_size) if tokenizer is not None else size
 
 
 def prepare_prompt(ids: Sequence[int], params: SamplingParams, context: int, vocab_size: int) -> tuple[list[int], bool]:

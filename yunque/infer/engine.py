@@ -156,7 +156,7 @@ class Engine:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queue = max_queue
         self.context = max_len or model.config.max_seq_len
-        self._batch = Batch(model, max_batch, self.context)
+        self._batch = Batch(model, max_batch, self.context, tokenizer)
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False

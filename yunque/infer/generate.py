@@ -54,7 +54,7 @@ class Stream:
         context = _context(model, max_len)
         self._req = make_request(model, tokenizer, prompt, params, context, self._chunks.append, self._set_result)
         self._want_text = want_text
-        self._batch = Batch(model, 1, min(context, len(self._req.prompt_ids) + params.max_new_tokens))
+        self._batch = Batch(model, 1, min(context, len(self._req.prompt_ids) + params.max_new_tokens), tokenizer)
         self._started = False
 
     def _set_result(self, result: GenerationResult) -> None:
@@ -133,7 +133,7 @@ def generate_batch(model: Transformer, prompts: Sequence[str | Sequence[int]], p
         make_request(model, tokenizer, prompt, p, context, lambda chunk: None, lambda r, i=i: results.__setitem__(i, r))
         for i, (prompt, p) in enumerate(zip(prompts, params))
     ]
-    batch = Batch(model, len(reqs), context)
+    batch = Batch(model, len(reqs), context, tokenizer)
     batch.add(*reqs)
     while batch.active:
         batch.step()
