@@ -366,5 +366,5 @@ def test_a_poisoned_request_among_15_streams_fails_alone(server):
 
     *healthy, bad_temperature, bad_penalty = asyncio.run(run())
     assert len(healthy) == 15 and all(final_count >= 1 for [(_, final_count)] in healthy)
-    assert bad_temperature.status_code == 400 and "temperature must be 0 (greedy) or between" in bad_temperature.json()["error"]
-    assert bad_penalty.status_code == 400 and "repetition_penalty must be between" in bad_penalty.json()["error"]
+    assert bad_temperature.status_code == 400 and "temperature (must be 0 (greedy) or at least 0.001)" in bad_temperature.json()["error"]
+    assert bad_penalty.status_code == 400 and "repeat_penalty (must be between 0.01 and 100" in bad_penalty.json()["error"]

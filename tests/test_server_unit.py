@@ -363,3 +363,46 @@ def test_the_guard_refuses_cross_site_rebinding_and_oversized_requests(store_wit
 
     asyncio.run(scenario())
     assert sorted(str(e.name) for e in store_with_models.list_models()) == ["a:latest", "b:latest", "c:latest"]  # nothing was copied
+
+
+def test_store_work_and_prompt_encoding_run_off_the_event_loop(store_with_models, monkeypatch):
+    """Store operations and tokenizing (a huge prompt is seconds of CPU) run in worker threads,
+    never on the event loop's thread, which keeps answering other requests meanwhile."""
+    import threading
+
+    from yunque.server import prepare
+    from yunque.server.app import create_app
+    from yunque.store import entries
+    from yunque.text.tokenizer import Tokenizer
+
+    threads: dict[str, threading.Thread] = {}
+
+    def recorded(name, fn):
+        def wrapped(*args, **kwargs):
+            threads[name] = threading.current_thread()
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    for module, name in ((entries, "copy"), (entries, "list_models"), (entries, "create"), (prepare, "encode")):
+        monkeypatch.setattr(module, name, recorded(name, getattr(module, name)))
+
+    def load(entry):
+        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
+
+    app = create_app(ModelManager(load))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http:
+            statuses = [
+                (await http.post("/api/copy", json={"source": "a", "destination": "d"})).status_code,
+                (await http.get("/api/tags")).status_code,
+                (await http.post("/api/create", json={"model": "e", "from": "a", "system": "Be brief.", "stream": False})).status_code,
+                (await http.post("/api/generate", json={"model": "a", "prompt": "hi", "stream": False})).status_code,
+            ]
+            return statuses, threading.current_thread()
+
+    statuses, loop_thread = asyncio.run(scenario())
+    assert statuses == [200, 200, 200, 503]  # 503: the fake engine's queue is full, after the prompt was encoded
+    assert set(threads) == {"copy", "list_models", "create", "encode"}
+    assert all(t is not loop_thread for t in threads.values()), threads

@@ -92,10 +92,11 @@ class ModelManager:
         return sorted(self._models.values(), key=lambda m: m.last_used, reverse=True)
 
     async def acquire_for(self, name: str, build: Callable[[LoadedModel], T], keep_alive: float | None = None) -> tuple[LoadedModel, float, T]:
-        """`acquire`, then `build(lm)` (render and encode the request); the model is released if building fails."""
+        """`acquire`, then `build(lm)` (render and encode the request, in a worker thread: a long
+        prompt is CPU work no stream should wait for); the model is released if building fails."""
         lm, load_seconds = await self.acquire(name, keep_alive)
         try:
-            return lm, load_seconds, build(lm)
+            return lm, load_seconds, await asyncio.to_thread(build, lm)
         except BaseException:
             self.release(lm)
             raise
@@ -108,7 +109,7 @@ class ModelManager:
 
         Every `acquire` must be paired with one `release`.
         """
-        entry = lookup(name)
+        entry = await asyncio.to_thread(lookup, name)  # reads the store's files
         key = str(entry.name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         load_seconds = 0.0

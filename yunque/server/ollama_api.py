@@ -7,6 +7,7 @@ gives one object. Durations are nanoseconds, as Ollama reports them. Errors are
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
@@ -185,7 +186,7 @@ def _load_answer(model: str, unloaded: bool, shape: dict[str, Any], load_seconds
 async def _load_or_unload(request: Request, model: str, keep_alive: float | None, shape: dict[str, Any]) -> JSONResponse:
     manager = _manager(request)
     if keep_alive == 0:
-        lookup(model)
+        await asyncio.to_thread(lookup, model)
         await manager.unload(model)
         return _load_answer(model, True, shape, 0.0)
     lm, load_seconds = await manager.acquire(model, keep_alive)
@@ -297,7 +298,7 @@ def _describe(entry: store.ModelEntry) -> dict[str, Any]:
 
 
 @router.get("/api/tags")
-async def tags() -> dict[str, Any]:
+def tags() -> dict[str, Any]:
     return {"models": [_describe(e) for e in store.list_models()]}
 
 
@@ -311,7 +312,7 @@ def _parameters_text(parameters: dict[str, Any]) -> str:
 
 
 @router.post("/api/show")
-async def show(body: ModelRequest) -> dict[str, Any]:
+def show(body: ModelRequest) -> dict[str, Any]:
     entry = lookup(body.target)
     settings = chat_settings(entry)
     parameters = {**settings.parameters, "stop": settings.stop} if settings.stop else settings.parameters
@@ -352,7 +353,7 @@ async def ps(request: Request) -> dict[str, Any]:
 
 
 @router.post("/api/create")
-async def create(body: CreateRequest) -> Response:
+def create(body: CreateRequest) -> Response:
     entry = store.create(body.target, body.modelfile_text())
     statuses = ["reading model metadata", f"writing {entry.name}", "success"]
     if not body.stream:
@@ -366,7 +367,7 @@ async def create(body: CreateRequest) -> Response:
 
 
 @router.post("/api/copy")
-async def copy(body: CopyRequest) -> Response:
+def copy(body: CopyRequest) -> Response:
     lookup(body.source)
     store.copy(body.source, body.destination)
     return Response(status_code=200)
@@ -375,9 +376,9 @@ async def copy(body: CopyRequest) -> Response:
 @router.delete("/api/delete")
 async def delete(body: ModelRequest, request: Request) -> Response:
     name = body.target
-    lookup(name)
+    await asyncio.to_thread(lookup, name)
     await _manager(request).unload(name)
-    store.delete(name)
+    await asyncio.to_thread(store.delete, name)
     return Response(status_code=200)
 
 

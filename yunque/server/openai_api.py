@@ -142,12 +142,12 @@ def _wire(
 
 
 @router.get("/models")
-async def models() -> dict[str, Any]:
+def models() -> dict[str, Any]:
     return {"object": "list", "data": [_model_card(e) for e in store.list_models()]}
 
 
 @router.get("/models/{name:path}")
-async def model(name: str) -> dict[str, Any]:
+def model(name: str) -> dict[str, Any]:
     return _model_card(lookup(name))
 
 

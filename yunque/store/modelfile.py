@@ -124,8 +124,9 @@ def parse_modelfile(text: str) -> Modelfile:
     """Parse Modelfile text; every error is a `YunqueError` that names the line."""
     mf, from_ = Modelfile(from_=""), None
     pos = 0
+    line_of = _LineNumbers(text)
     while pos < len(text):
-        lineno = text.count("\n", 0, pos) + 1
+        lineno = line_of(pos)
         line = text[pos : _line_end(text, pos)].strip()
         if not line or line.startswith("#"):
             pos = _line_end(text, pos) + 1
@@ -154,12 +155,25 @@ def parse_modelfile(text: str) -> Modelfile:
             raise YunqueError(f"Modelfile line {lineno}: unknown instruction {line.split()[0][:40]!r}; use FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE or LICENSE.")
         rest = text[pos : _line_end(text, pos)].strip()
         if rest:
-            raise YunqueError(f"Modelfile line {text.count(chr(10), 0, pos) + 1}: unexpected text {rest[:40]!r} after a quoted value.")
+            raise YunqueError(f"Modelfile line {line_of(pos)}: unexpected text {rest[:40]!r} after a quoted value.")
         pos = _line_end(text, pos) + 1
     if from_ is None:
         raise YunqueError("The Modelfile has no FROM line; add one naming the base model, e.g. `FROM ./my-model` or `FROM mymodel:latest`.")
     mf.from_ = from_
     return mf
+
+
+class _LineNumbers:
+    """The line number at a position, for positions that only move forward: each call counts
+    only the newlines since the last, so numbering a whole file is linear, not quadratic."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.pos, self.line = text, 0, 1
+
+    def __call__(self, pos: int) -> int:
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
 
 
 def _quote(value: str, what: str) -> str:
