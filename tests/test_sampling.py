@@ -168,3 +168,20 @@ def test_unseeded_top_k_top_p_draws_follow_the_renormalised_candidates():
     freq = torch.bincount(ids, minlength=4).float() / 2000
     # top-k 3 keeps 0.4/0.3/0.2; top-p 0.8 keeps ranks whose preceding mass is below 0.8: all three.
     assert torch.allclose(freq, torch.tensor([4 / 9, 3 / 9, 2 / 9, 0.0]), atol=0.04)
+
+
+def test_logit_bias_forces_and_bans_tokens_per_row():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    top = logits.argmax(dim=-1)
+    params = [
+        SamplingParams(temperature=0, logit_bias={7: 100.0}),  # forced, greedy
+        SamplingParams(temperature=1.0, seed=1, logit_bias={11: 100.0, 12: -100.0}),  # forced, sampled
+        SamplingParams(temperature=0, logit_bias={int(top[2]): -100.0}),  # the argmax banned: the runner-up wins
+    ]
+    tokens = sample(logits, batch_of(*params)).tolist()
+    assert tokens[:2] == [7, 11] and tokens[2] == int(logits[2].topk(2).indices[1])
+    assert sample(logits, batch_of(SamplingParams(temperature=0))).tolist()[0] == int(top[0])  # no bias, no change
+    for bad in ({-1: 1.0}, {3: 101.0}, {3: float("nan")}):
+        with pytest.raises(YunqueError, match="logit_bias"):
+            SamplingParams(logit_bias=bad)

@@ -368,3 +368,22 @@ def test_a_poisoned_request_among_15_streams_fails_alone(server):
     assert len(healthy) == 15 and all(final_count >= 1 for [(_, final_count)] in healthy)
     assert bad_temperature.status_code == 400 and "temperature (must be 0 (greedy) or at least 0.001)" in bad_temperature.json()["error"]
     assert bad_penalty.status_code == 400 and "repeat_penalty (must be between 0.01 and 100" in bad_penalty.json()["error"]
+
+
+def test_openai_refuses_what_it_cannot_honour_and_applies_logit_bias(ai):
+    hi = [{"role": "user", "content": "Hi"}]
+    for extra, needle in [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"logprobs": True}, "log probabilities"),
+        ({"frobnicate": 1}, "unrecognized request argument 'frobnicate'"),
+        ({"logit_bias": {"99999999": 5}}, "not a token id"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            ai.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body=extra)
+        assert needle in e.value.body["message"] and e.value.body["param"] in {*extra, "logit_bias"}
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        ai.completions.create(model="tiny", prompt="x", suffix="y", max_tokens=2)
+    neutral = {"tools": [], "tool_choice": "none", "logprobs": False, "user": "u1", "metadata": {"k": "v"}, "store": False}
+    assert ai.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body=neutral).choices[0].finish_reason
+    forced = ai.completions.create(model="tiny", prompt="Simple is", max_tokens=5, temperature=1.0, logit_bias={"101": 100}, seed=3)
+    assert forced.choices[0].text == "e" * 5  # id 101 is the byte "e" in a yunque tokenizer

@@ -46,6 +46,7 @@ class SamplingParams:
     greedy: bool = False
     truncate: bool = False  # keep the end of a prompt that does not fit the context, instead of an error
     json_object: bool = False  # constrain the output to one JSON object (ends when it closes; needs a tokenizer)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling (OpenAI's, -100..100)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -86,6 +87,9 @@ class SamplingParams:
         need(self.seed is None or isinstance(self.seed, int), f"seed must be an integer or None, got {self.seed!r}")
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.stop_token_ids is None or all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative token ids")
+        for token, bias in (self.logit_bias or {}).items():
+            need(isinstance(token, int) and token >= 0, f"logit_bias keys must be token ids, got {token!r}")
+            need(isinstance(bias, (int, float)) and math.isfinite(bias) and -100 <= bias <= 100, f"logit_bias values must be between -100 and 100, got {bias!r}")
 
     @classmethod
     def from_kwargs(cls, params: "SamplingParams | None" = None, **kwargs: Any) -> "SamplingParams":
@@ -155,6 +159,11 @@ class SamplingBatch:
         ks = [p.top_k for p in params if not p.is_greedy]
         self.sort_k = max(ks) if ks and min(ks) > 0 else None
         self.needs_min_p = any(p.min_p > 0 for p in params if not p.is_greedy)
+        # logit_bias as (row, token, bias) triples: one indexed add per step for all biased rows.
+        triples = [(row, t, b) for row, p in enumerate(params) for t, b in (p.logit_bias or {}).items()]
+        self.bias_index = (torch.tensor([r for r, _, _ in triples], dtype=torch.long, device=device),
+                           torch.tensor([t for _, t, _ in triples], dtype=torch.long, device=device)) if triples else None
+        self.bias_values = torch.tensor([b for _, _, b in triples], dtype=torch.float32, device=device)
         self.repetition = col(p.repetition_penalty for p in params)
         self.frequency = col(p.frequency_penalty for p in params)
         self.presence = col(p.presence_penalty for p in params)
@@ -185,6 +194,8 @@ def apply_penalties(logits: Tensor, seen: Tensor, counts: Tensor, batch: Samplin
 def sample(logits: Tensor, batch: SamplingBatch, seen: Tensor | None = None, counts: Tensor | None = None) -> Tensor:
     """Next token ids (B,) from last-position logits (B, V) under each row's settings."""
     logits = logits.float()
+    if batch.bias_index is not None:
+        logits = logits.index_put(batch.bias_index, batch.bias_values, accumulate=True)
     if batch.penalized:
         logits = apply_penalties(logits, seen, counts, batch)
     if batch.all_greedy:

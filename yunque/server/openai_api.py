@@ -58,7 +58,34 @@ class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"] = "text"
 
 
+# OpenAI request fields that change nothing for a local text model: accepted and ignored.
+_IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key",
+                      "parallel_tool_calls", "reasoning_effort", "verbosity"})
+# OpenAI fields yunque does not implement, with the value that asks for nothing: any other is a 400.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],), "function_call": ("none", "auto"), "audio": (),
+    "prediction": (), "web_search_options": (), "logprobs": (False,), "top_logprobs": (0,), "best_of": (1,), "modalities": (["text"],),
+}
+_WHY = {"tools": "tools and function calling are not supported yet", "tool_choice": "tools and function calling are not supported yet",
+        "functions": "function calling is not supported yet", "function_call": "function calling is not supported yet",
+        "logprobs": "log probabilities are not returned yet", "top_logprobs": "log probabilities are not returned yet"}
+
+
+def _refuse_unsupported(extra: dict[str, Any] | None) -> None:
+    """OpenAI refuses arguments it does not know; so does yunque, and those it cannot honour."""
+    for name, value in (extra or {}).items():
+        if name in _IGNORED or value is None:
+            continue
+        if name not in _NEUTRAL:
+            raise APIError(400, f"unrecognized request argument {name!r}; leave it out", param=name)
+        if value not in _NEUTRAL[name]:
+            why = _WHY.get(name, f"{name} is not supported by yunque")
+            raise APIError(400, f"{why}; send the request without {name!r}", param=name)
+
+
 class _Sampling(_Body):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())  # unknown fields are refused in check()
+
     model: StrictStr
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -70,9 +97,10 @@ class _Sampling(_Body):
     n: StrictInt = 1
     presence_penalty: _Number | None = None
     frequency_penalty: _Number | None = None
-    user: StrictStr | None = None
+    logit_bias: dict[StrictStr, _Number] | None = None
 
     def check(self) -> None:
+        _refuse_unsupported(self.model_extra)
         if self.n != 1:
             raise APIError(400, f"n={self.n} is not supported; yunque returns one choice per request (n=1)", param="n")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
@@ -89,6 +117,11 @@ class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr]
     echo: StrictBool = False
     suffix: StrictStr | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.suffix:
+            raise APIError(400, "suffix (text to insert before) is not supported; send the request without 'suffix'", param="suffix")
 
 
 class EmbeddingRequest(_Body):

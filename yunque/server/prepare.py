@@ -144,11 +144,24 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
     stops = _stops(settings, asked)
     return _params(
         **{**OPENAI_DEFAULTS, **from_openai(body)},
+        logit_bias=_logit_bias(runner, getattr(body, "logit_bias", None)),
         max_new_tokens=max_tokens or room,
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
         json_object=json_object,
     )
+
+
+def _logit_bias(runner: Runner, asked: dict[str, float] | None) -> dict[int, float] | None:
+    """OpenAI's `logit_bias` (token id strings -> -100..100) as ids of this model's tokenizer."""
+    if not asked:
+        return None
+    out = {}
+    for key, bias in asked.items():
+        if not key.isdigit() or int(key) >= runner.tokenizer.vocab_size:
+            raise APIError(400, f"logit_bias key {key!r} is not a token id of this model (0 to {runner.tokenizer.vocab_size - 1})", param="logit_bias")
+        out[int(key)] = float(bias)
+    return out
 
 
 def is_json_format(value: Any) -> bool:
