@@ -164,16 +164,21 @@ def test_hugging_face_loads_saved_tokenizer_identically(tok, tok_dir, corpus):
 
 
 @pytest.mark.parametrize("kind", ["WordPiece", "Unigram", "WordLevel"])
-def test_unsupported_tokenizer_types_are_refused(tmp_path, kind):
+def test_other_tokenizer_types_load_through_the_tokenizers_library(tmp_path, kind):
+    """Not byte-level BPE, so not tiktoken's: the library runs them (tests/test_tokenizer_library.py
+    holds them to transformers on real text)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models
+
+    from yunque.text.hf_tokenizer import LibraryTokenizer
 
     model = {"WordPiece": models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]"),
              "Unigram": models.Unigram([("a", -1.0), ("<unk>", -2.0)], 1),
              "WordLevel": models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")}[kind]
     HFTokenizer(model).save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(YunqueError, match=f"{kind} tokenizer; yunque supports byte-level BPE"):
-        Tokenizer.from_pretrained(tmp_path)
+    tok = Tokenizer.from_pretrained(tmp_path)
+    assert isinstance(tok, LibraryTokenizer) and tok.vocab_size == 2
+    assert tok.encode("a") == HFTokenizer.from_file(str(tmp_path / "tokenizer.json")).encode("a").ids
 
 
 def test_train_from_files_directories_and_jsonl(tmp_path):

@@ -60,6 +60,20 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def write_text_files(directory: str | os.PathLike, files: dict[str, str]) -> Path:
+    """Write text files into `directory`: each atomically into an existing directory, or the
+    whole new directory at once. Returns the directory."""
+    directory = Path(directory)
+    if directory.exists():
+        for name, text in files.items():
+            write_text_atomic(directory / name, text)
+    else:
+        with atomic_dir(directory) as tmp:
+            for name, text in files.items():
+                (tmp / name).write_text(text, encoding="utf-8")
+    return directory
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory next to `path`; on success it becomes `path`.

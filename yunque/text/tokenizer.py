@@ -8,7 +8,9 @@ there is. Both split text with the same regex and know the same special tokens, 
 the same ids; the tests check that on real text and on arbitrary Unicode.
 
 A tokenizer is stored as a Hugging Face directory (`tokenizer.json` + `tokenizer_config.json`).
-`Tokenizer.from_pretrained` also reads GPT-2's original `encoder.json` + `vocab.bpe`.
+`Tokenizer.from_pretrained` also reads GPT-2's original `encoder.json` + `vocab.bpe`, and
+hands every other `tokenizer.json` (byte fallback, metaspace, Unigram, WordPiece) to
+`yunque.text.hf_tokenizer.LibraryTokenizer`, which the tokenizers library runs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from typing import Literal
 import tiktoken
 
 from yunque.errors import YunqueError
-from yunque.fsutil import atomic_dir, atomic_file
-from yunque.fsutil import read_json
+from yunque.fsutil import read_json, write_text_files
+from yunque.text.hf_tokenizer import LibraryTokenizer, config_max_length, config_token
 from yunque.text.special import CHAT_TOKENS, DEFAULT_CHAT_TEMPLATE, ENDOFTEXT, SPECIAL_TOKENS
 
 # GPT-4's (cl100k) split pattern, in the form both tiktoken (fancy-regex) and tokenizers
@@ -85,6 +87,11 @@ def check_vocab_size(vocab_size: int) -> None:
             f"Vocabulary size {vocab_size} is out of range; choose between {MIN_VOCAB_SIZE} "
             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens) and {MAX_VOCAB_SIZE:,}."
         )
+
+
+class _NotPlainByteLevel(YunqueError):
+    """A tokenizer.json that tiktoken cannot run exactly (another model type, a normalizer, byte
+    fallback, ...): it loads through the tokenizers library instead."""
 
 
 class StreamDecoder:
@@ -185,20 +192,21 @@ class Tokenizer:
         return cls(ranks, merges, specials, CL100K_PATTERN)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a yunque or Hugging Face directory (`tokenizer.json`, byte-level BPE), a
-        `tokenizer.json` file, or a GPT-2 directory (`encoder.json` + `vocab.bpe`)."""
+    def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer | LibraryTokenizer:
+        """Load a yunque or Hugging Face directory (`tokenizer.json`), a `tokenizer.json` file, or
+        a GPT-2 directory (`encoder.json` + `vocab.bpe`). Plain byte-level BPE gives a `Tokenizer`;
+        any other tokenizer.json a `LibraryTokenizer` with the same interface."""
         path = Path(path)
         if not path.exists():
             raise YunqueError(f"Tokenizer path {path} does not exist; give a directory saved by yunque or Hugging Face.")
         if path.is_file() and path.suffix.lower() != ".json":
             raise YunqueError(f"{path} is a file, not a tokenizer directory; give the directory that holds tokenizer.json (or the tokenizer.json file itself).")
         if path.is_file():
-            return cls._from_tokenizer_json(path, {})
+            return cls._from_any_tokenizer_json(path, {})
         if (path / "tokenizer.json").is_file():
             config_path = path / "tokenizer_config.json"
             config = read_json(config_path) if config_path.is_file() else {}
-            return cls._from_tokenizer_json(path / "tokenizer.json", config)
+            return cls._from_any_tokenizer_json(path / "tokenizer.json", config)
         for vocab_name, merges_name in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
             if (path / vocab_name).is_file() and (path / merges_name).is_file():
                 return cls._from_gpt2_files(path / vocab_name, path / merges_name)
@@ -207,11 +215,19 @@ class Tokenizer:
         )
 
     @classmethod
+    def _from_any_tokenizer_json(cls, file: Path, config: dict) -> Tokenizer | LibraryTokenizer:
+        """Plain byte-level BPE on the tiktoken fast path; anything else through the tokenizers library."""
+        try:
+            return cls._from_tokenizer_json(file, config)
+        except _NotPlainByteLevel:
+            return LibraryTokenizer.from_file(file, config)
+
+    @classmethod
     def _from_tokenizer_json(cls, file: Path, config: dict) -> Tokenizer:
         data = read_json(file)
         model = data.get("model") or {}
         if model.get("type") != "BPE":
-            raise YunqueError(
+            raise _NotPlainByteLevel(
                 f"{file} holds a {model.get('type', 'unknown')} tokenizer; yunque supports byte-level BPE only "
                 "(tokenizer.json with a BPE model and a ByteLevel pre-tokenizer, or GPT-2's encoder.json + vocab.bpe)."
             )
@@ -226,19 +242,19 @@ class Tokenizer:
             if bad
         ]
         if unsupported:
-            raise YunqueError(
+            raise _NotPlainByteLevel(
                 f"{file} uses {unsupported[0]}, which yunque does not support; it reads plain byte-level BPE tokenizers only."
             )
         pattern = _pattern_of(data.get("pre_tokenizer"), file)
         specials = {t["content"]: t["id"] for t in data.get("added_tokens", []) if t.get("special", False)}
         plain = [t["content"] for t in data.get("added_tokens", []) if not t.get("special", False)]
         if plain:
-            raise YunqueError(f"{file} adds non-special token {plain[0]!r}; yunque supports special added tokens only.")
+            raise _NotPlainByteLevel(f"{file} adds non-special token {plain[0]!r}; yunque supports special added tokens only.")
         merges = [_merge_pair(m) for m in model.get("merges", [])]
         return cls._from_vocab(
             model.get("vocab", {}), merges, specials, pattern, str(file),
-            model_max_length=_max_length(config.get("model_max_length")),
-            eos_token=_token_name(config.get("eos_token")),
+            model_max_length=config_max_length(config.get("model_max_length")),
+            eos_token=config_token(config.get("eos_token")),
             # transformers also allows a list of named templates; keep only the plain form.
             chat_template=config["chat_template"] if isinstance(config.get("chat_template"), str) else None,
         )
@@ -271,25 +287,25 @@ class Tokenizer:
         special_ids = set(specials.values())
         ranks = {_to_bytes(token, where): i for token, i in vocab.items() if i not in special_ids}
         if len(ranks) != len(vocab) - sum(1 for i in vocab.values() if i in special_ids):
-            raise YunqueError(f"{where} lists the same token bytes twice; it is not a valid byte-level BPE vocabulary.")
+            raise _NotPlainByteLevel(f"{where} lists the same token bytes twice; it is not a valid byte-level BPE vocabulary.")
         missing = [b for b in range(256) if bytes([b]) not in ranks]
         if missing:
-            raise YunqueError(f"{where} lacks the single byte {missing[0]:#04x}; byte-level BPE needs all 256 bytes.")
+            raise _NotPlainByteLevel(f"{where} lacks the single byte {missing[0]:#04x}; byte-level BPE needs all 256 bytes.")
         byte_merges = [(_to_bytes(a, where), _to_bytes(b, where)) for a, b in merges]
         last, made = -1, set()
         for a, b in byte_merges:
             token = a + b
             if token not in ranks:
-                raise YunqueError(f"{where} merges {a!r} + {b!r} into a token missing from its vocabulary.")
+                raise _NotPlainByteLevel(f"{where} merges {a!r} + {b!r} into a token missing from its vocabulary.")
             if token in made:
                 continue
             made.add(token)
             if ranks[token] <= last:
-                raise YunqueError(f"{where} numbers its tokens out of merge order, which yunque cannot encode exactly.")
+                raise _NotPlainByteLevel(f"{where} numbers its tokens out of merge order, which yunque cannot encode exactly.")
             last = ranks[token]
         orphans = [t for t in ranks if len(t) > 1 and t not in made]
         if orphans:
-            raise YunqueError(f"{where} has token {orphans[0]!r} that no merge produces; it is not a plain BPE vocabulary.")
+            raise _NotPlainByteLevel(f"{where} has token {orphans[0]!r} that no merge produces; it is not a plain BPE vocabulary.")
         return cls(ranks, byte_merges, specials, pattern, **kwargs)
 
     # ---- special tokens -----------------------------------------------------------------
@@ -414,20 +430,10 @@ class Tokenizer:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write `tokenizer.json` and `tokenizer_config.json` (readable by `tokenizers` and
         `transformers`) into `directory`, atomically; returns the directory."""
-        directory = Path(directory)
-        files = {
+        return write_text_files(directory, {
             "tokenizer.json": self.to_tokenizers().to_str(pretty=True),
             "tokenizer_config.json": json.dumps(self._hf_config(), indent=2, ensure_ascii=False),
-        }
-        if directory.exists():
-            for name, text in files.items():
-                with atomic_file(directory / name, "w") as f:
-                    f.write(text)
-        else:
-            with atomic_dir(directory) as tmp:
-                for name, text in files.items():
-                    (tmp / name).write_text(text, encoding="utf-8")
-        return directory
+        })
 
     def _hf_config(self) -> dict:
         config: dict = {
@@ -491,7 +497,7 @@ def _pattern_of(pre: dict | None, where: Path) -> str:
         and not steps[1].get("add_prefix_space")
     ):
         return steps[0]["pattern"]["Regex"]
-    raise YunqueError(
+    raise _NotPlainByteLevel(
         f"{where} has a pre-tokenizer yunque does not support ({kinds}); it reads byte-level BPE with a "
         "ByteLevel pre-tokenizer, optionally after one regex Split."
     )
@@ -502,18 +508,6 @@ def _merge_pair(merge: str | list[str]) -> tuple[str, str]:
     if len(pair) != 2:
         raise YunqueError(f"Merge {merge!r} is not a pair of tokens; the tokenizer file is damaged.")
     return pair[0], pair[1]
-
-
-def _token_name(value) -> str | None:
-    # tokenizer_config.json stores a token as its text or as a serialized AddedToken.
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _max_length(value) -> int | None:
-    # transformers writes a huge sentinel (1e30) when the length is unknown.
-    return value if isinstance(value, int) and 0 < value < 10**9 else None
 
 
 def _prepend(first: str, rest: Iterator[str]) -> Iterator[str]:
