@@ -406,3 +406,31 @@ def test_store_work_and_prompt_encoding_run_off_the_event_loop(store_with_models
     assert statuses == [200, 200, 200, 503]  # 503: the fake engine's queue is full, after the prompt was encoded
     assert set(threads) == {"copy", "list_models", "create", "encode"}
     assert all(t is not loop_thread for t in threads.values()), threads
+
+
+def test_max_loaded_holds_a_request_for_another_model_waits_for_one_to_go_idle(store_with_models):
+    loads: list[str] = []
+
+    async def scenario():
+        manager = ModelManager(_fake_loader(loads), max_loaded=2)
+        a, _ = await manager.acquire("a")
+        b, _ = await manager.acquire("b")
+        waiting = asyncio.ensure_future(manager.acquire("c"))
+        for _ in range(20):
+            await asyncio.sleep(0.01)  # let it run as far as it can
+        assert not waiting.done() and len(manager.running()) == 2 and "c:latest" not in loads
+        manager.release(a)  # `a` goes idle: it is unloaded for `c`, `b` keeps serving
+        c, _ = await asyncio.wait_for(waiting, 5)
+        assert c.name == "c:latest" and {m.name for m in manager.running()} == {"b:latest", "c:latest"}
+        assert loads.index("shutdown a:latest") < loads.index("c:latest")
+        cancelled = asyncio.ensure_future(manager.acquire("a"))  # a client that gives up while waiting
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        manager.release(b)
+        manager.release(c)
+        a2, _ = await asyncio.wait_for(manager.acquire("a"), 5)  # the place it waited for is free again
+        assert len(manager.running()) == 2
+        manager.release(a2)
+        await manager.close()
+
+    asyncio.run(scenario())

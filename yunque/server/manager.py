@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
-from yunque.store import entries as store
-
-T = TypeVar("T")
 from yunque.server.errors import ModelNotFound
 from yunque.server.runner import Runner
 from yunque.server.settings import DEFAULT_KEEP_ALIVE
+from yunque.store import entries as store
+
+T = TypeVar("T")
 
 log = logging.getLogger("yunque.server")
 
@@ -75,6 +75,8 @@ class ModelManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._reaper: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._loading = 0  # models being loaded: they hold a place under max_loaded
+        self._room = asyncio.Event()  # set whenever a model goes idle or leaves: waiters look again
 
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_forever())
@@ -122,7 +124,11 @@ class ModelManager:
             if lm is None:
                 await self._make_room()
                 t0 = time.perf_counter()
-                runner = await asyncio.to_thread(self._loader, entry)
+                try:
+                    runner = await asyncio.to_thread(self._loader, entry)
+                finally:
+                    self._loading -= 1
+                    self._room.set()
                 load_seconds = time.perf_counter() - t0
                 ka = self.default_keep_alive if keep_alive is None else keep_alive
                 lm = LoadedModel(key, entry, runner, load_seconds, ka, math.inf)
@@ -144,6 +150,8 @@ class ModelManager:
         lm.active -= 1
         lm.last_used = time.monotonic()
         lm.expires_at = time.time() + lm.keep_alive
+        if lm.active == 0:
+            self._room.set()
         if lm.active == 0 and lm.keep_alive <= 0 and self._models.get(lm.name) is lm:
             task = asyncio.get_running_loop().create_task(self._unload(lm.name))
             self._tasks.add(task)
@@ -160,17 +168,23 @@ class ModelManager:
         return True
 
     async def _make_room(self) -> None:
-        """Unload the least recently used idle model while at capacity (busy models are never evicted)."""
-        while len(self._models) >= self.max_loaded:
+        """Take a place under max_loaded for one more model: unload the least recently used idle
+        model while at capacity, and while every loaded model is busy, wait for one to go idle
+        (busy models are never evicted). The caller gives the place back when its load ends."""
+        while len(self._models) + self._loading >= self.max_loaded:
             idle = [m for m in self._models.values() if m.active == 0]
-            if not idle:
-                return
-            await self._unload(min(idle, key=lambda m: m.last_used).name)
+            if idle:
+                await self._unload(min(idle, key=lambda m: m.last_used).name)
+                continue
+            self._room.clear()
+            await self._room.wait()
+        self._loading += 1
 
     async def _unload(self, name: str) -> None:
         lm = self._models.pop(name, None)
         if lm is None:
             return
+        self._room.set()
         await asyncio.to_thread(lm.runner.scheduler.shutdown)
         device = lm.runner.device
         del lm
