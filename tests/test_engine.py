@@ -363,3 +363,27 @@ def test_padded_vocabulary_rows_are_never_sampled(tok):
     with Engine(model, tok, max_batch=2) as engine:
         handle = engine.submit("hola", temperature=1.0, seed=4, max_new_tokens=20, stop_token_ids=[])
         assert max(t for chunk in handle for t in chunk.token_ids) < tok.vocab_size
+
+
+def test_logprobs_are_the_models_own_and_come_with_each_chunk(model):
+    """Each token's logprob (and top alternatives) equal a log-softmax of the model's logits
+    recomputed from scratch, whatever the sampling settings; batch mates that did not ask get none."""
+    ids = [5, 6, 7, 8]
+    with Engine(model, max_batch=2) as engine:
+        asked = engine.submit(ids, temperature=0.9, seed=3, top_k=20, max_new_tokens=8, stop_token_ids=[], logprobs=3)
+        plain = engine.submit(ids, temperature=0, max_new_tokens=8, stop_token_ids=[])
+        chunks = list(asked)
+        assert all(c.logprobs is None for c in plain)
+    got = [lp for c in chunks for lp in c.logprobs]
+    assert [lp.token_id for lp in got] == asked.result.token_ids and asked.result.logprobs == got
+    x = torch.tensor([ids + asked.result.token_ids])
+    with torch.no_grad():
+        reference = torch.log_softmax(model(x)[0].float(), dim=-1)
+    for step, lp in enumerate(got):
+        row = reference[len(ids) - 1 + step]
+        assert lp.logprob == pytest.approx(float(row[lp.token_id]), abs=1e-4)
+        top = row.topk(3)
+        assert [t for t, _ in lp.top] == top.indices.tolist()
+        assert [v for _, v in lp.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+    with pytest.raises(YunqueError, match="logprobs"):
+        SamplingParams(logprobs=21)

@@ -374,7 +374,7 @@ def test_openai_refuses_what_it_cannot_honour_and_applies_logit_bias(ai):
     hi = [{"role": "user", "content": "Hi"}]
     for extra, needle in [
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-        ({"logprobs": True}, "log probabilities"),
+        ({"top_logprobs": 2}, "top_logprobs needs logprobs: true"),
         ({"frobnicate": 1}, "unrecognized request argument 'frobnicate'"),
         ({"logit_bias": {"99999999": 5}}, "not a token id"),
     ]:
@@ -383,7 +383,29 @@ def test_openai_refuses_what_it_cannot_honour_and_applies_logit_bias(ai):
         assert needle in e.value.body["message"] and e.value.body["param"] in {*extra, "logit_bias"}
     with pytest.raises(openai.BadRequestError, match="suffix"):
         ai.completions.create(model="tiny", prompt="x", suffix="y", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
+        ai.completions.create(model="tiny", prompt="x", echo=True, logprobs=1, max_tokens=2)
     neutral = {"tools": [], "tool_choice": "none", "logprobs": False, "user": "u1", "metadata": {"k": "v"}, "store": False}
     assert ai.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body=neutral).choices[0].finish_reason
     forced = ai.completions.create(model="tiny", prompt="Simple is", max_tokens=5, temperature=1.0, logit_bias={"101": 100}, seed=3)
     assert forced.choices[0].text == "e" * 5  # id 101 is the byte "e" in a yunque tokenizer
+
+
+def test_openai_logprobs_in_chat_and_completions_whole_and_streamed(ai):
+    hi = [{"role": "user", "content": "Hi"}]
+    whole = ai.chat.completions.create(model="tiny", messages=hi, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens - (whole.choices[0].finish_reason == "stop")
+    assert b"".join(bytes(t.bytes) for t in content).decode() == whole.choices[0].message.content
+    for t in content:  # greedy: the chosen token is the most likely one
+        assert t.logprob <= 0 and len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-5)
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+    chunks = list(ai.chat.completions.create(model="tiny", messages=hi, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
+    assert whole.choices[0].logprobs is not None and ai.chat.completions.create(model="tiny", messages=hi, max_tokens=2).choices[0].logprobs is None
+    done = ai.completions.create(model="tiny", prompt="Simple is better than", max_tokens=6, temperature=0, logprobs=3)
+    lp = done.choices[0].logprobs
+    assert "".join(lp.tokens) == done.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert all(len(top) <= 3 and max(top.values()) == pytest.approx(v, abs=1e-5) for top, v in zip(lp.top_logprobs, lp.token_logprobs))

@@ -37,6 +37,16 @@ class QueueFullError(YunqueError):
 
 
 @dataclass
+class TokenLogprob:
+    """A generated token's log probability under the model (its raw logits, before sampling
+    settings), with the `top` most likely alternatives as (id, logprob), most likely first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class GenerationResult:
     """How one generation ended, with the counts and timings an API response reports.
 
@@ -55,6 +65,7 @@ class GenerationResult:
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     prompt_truncated: bool = False
+    logprobs: list[TokenLogprob] | None = None  # one per id in token_ids, when the request asked
 
     @property
     def tokens_per_second(self) -> float:
@@ -71,6 +82,7 @@ class Chunk:
 
     token_ids: list[int]
     text: str
+    logprobs: list[TokenLogprob] | None = None  # one per id, when the request asked for them
 
 
 class Request:
@@ -90,6 +102,8 @@ class Request:
         self.cached = 0  # tokens of this request in its cache slot
         self.on_error: Callable[[BaseException], None] | None = None
         self.error: YunqueError | None = None  # why this request alone failed (its sampling), if it did
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
+        self.step_logprob: TokenLogprob | None = None  # the last sampled token's, until it is emitted
         self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
 
     def finish(self, reason: str) -> None:
@@ -115,6 +129,7 @@ class Request:
             token_ids=emitted,
             text="".join(self.pieces),
             prompt_truncated=self.truncated,
+            logprobs=self.logprobs,
         ))
 
     def fail(self, error: BaseException) -> None:
@@ -229,13 +244,17 @@ class Batch:
             batch = SamplingBatch([r.params for r in reqs], self.device, [len(r.generated) for r in reqs])
             if (lo, hi) == (0, len(self.active)):
                 self._sampling = batch
-        logits = self._constrain(logits[:, : self.sample_vocab], reqs)
+        raw = logits[:, : self.sample_vocab]
+        logits = self._constrain(raw, reqs)
         try:
             token, tokens = self._draw(logits, batch, lo, hi)
         except _NoToken:
-            return self._sample_rows(logits, reqs, lo)
-        self._note(token, lo, hi, batch.penalized)
-        return [None if req.error is not None else t for req, t in zip(reqs, tokens)]
+            tokens = self._sample_rows(logits, reqs, lo)
+        else:
+            self._note(token, lo, hi, batch.penalized)
+        picked = [None if req.error is not None else t for req, t in zip(reqs, tokens)]
+        _attach_logprobs(raw, reqs, picked)
+        return picked
 
     def _constrain(self, logits: Tensor, reqs: list[Request]) -> Tensor:
         """Mask the rows of requests with an output constraint; a row it cannot continue fails alone."""
@@ -307,7 +326,10 @@ class Batch:
                 piece = req.text.add(token) if req.text is not None else ""
                 if piece:
                     req.pieces.append(piece)
-                req.on_chunk(Chunk([token], piece))
+                step = [req.step_logprob] if req.logprobs is not None and req.step_logprob is not None else None
+                if step:
+                    req.logprobs.extend(step)
+                req.on_chunk(Chunk([token], piece, step))
                 if req.constraint is not None:
                     req.constraint.advance(token)
                 if (req.text is not None and req.text.stopped) or (req.constraint is not None and req.constraint.complete):
@@ -345,6 +367,22 @@ class Batch:
     def cancel_flagged(self) -> None:
         for req in [r for r in self.active if r.cancelled]:
             self.remove(req, "cancelled")
+
+
+def _attach_logprobs(raw: Tensor, reqs: list[Request], tokens: list[int | None]) -> None:
+    """Set `step_logprob` of the requests that asked for log probabilities, from the raw logits
+    of their rows (one log-softmax and top-k over those rows only)."""
+    rows = [row for row, (req, t) in enumerate(zip(reqs, tokens)) if req.logprobs is not None and t is not None]
+    if not rows:
+        return
+    logp = torch.log_softmax(raw[rows].float(), dim=-1)
+    k = max(reqs[row].params.logprobs for row in rows)
+    top_lp, top_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    chosen = logp.gather(1, torch.tensor([[tokens[row]] for row in rows], device=logp.device)).squeeze(1).tolist()
+    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
+    for i, row in enumerate(rows):
+        n = reqs[row].params.logprobs
+        reqs[row].step_logprob = TokenLogprob(tokens[row], chosen[i], list(zip(top_ids[i][:n], top_lp[i][:n])))
 
 
 class _NoToken(Exception):

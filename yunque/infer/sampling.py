@@ -20,6 +20,8 @@ from torch import Tensor
 from yunque.errors import YunqueError
 from yunque.infer.options import MAX_TEMPERATURE, MIN_PENALTY, MIN_TEMPERATURE
 
+MAX_LOGPROBS = 20  # OpenAI's top_logprobs limit
+
 
 @dataclass
 class SamplingParams:
@@ -47,6 +49,7 @@ class SamplingParams:
     truncate: bool = False  # keep the end of a prompt that does not fit the context, instead of an error
     json_object: bool = False  # constrain the output to one JSON object (ends when it closes; needs a tokenizer)
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit before sampling (OpenAI's, -100..100)
+    logprobs: int | None = None  # report each token's log probability and this many top alternatives (0-20)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -87,6 +90,8 @@ class SamplingParams:
         need(self.seed is None or isinstance(self.seed, int), f"seed must be an integer or None, got {self.seed!r}")
         need(all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings")
         need(self.stop_token_ids is None or all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative token ids")
+        need(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= MAX_LOGPROBS),
+             f"logprobs must be an integer from 0 to {MAX_LOGPROBS} (alternatives per token) or None, got {self.logprobs!r}")
         for token, bias in (self.logit_bias or {}).items():
             need(isinstance(token, int) and token >= 0, f"logit_bias keys must be token ids, got {token!r}")
             need(isinstance(bias, (int, float)) and math.isfinite(bias) and -100 <= bias <= 100, f"logit_bias values must be between -100 and 100, got {bias!r}")

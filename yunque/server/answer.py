@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from yunque.infer.batch import GenerationResult, QueueFullError
+from yunque.infer.batch import GenerationResult, QueueFullError, TokenLogprob
 from yunque.server.errors import APIError, ServerBusy, in_stream_error
 from yunque.server.manager import LoadedModel
 from yunque.server.prepare import Prepared
@@ -44,6 +44,15 @@ class Outcome:
     prompt_seconds: float
     generation_seconds: float
     ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class Delta:
+    """A piece of a streamed answer: its text, and the log probabilities of its tokens when asked."""
+
+    text: str
+    logprobs: list[TokenLogprob] | None = None
 
 
 Event = dict[str, Any]
@@ -54,7 +63,7 @@ class Wire:
     """How one API writes an answer; `respond` calls these as the answer goes."""
 
     whole: Callable[[Outcome], Event]  # the non-streamed answer
-    delta: Callable[[str], Event]  # one piece of streamed text
+    delta: Callable[[Delta], Event]  # one piece of streamed text
     closing: Callable[[Outcome], list[Event]]  # the events that end a stream
     error: Callable[[APIError], Event]  # a failure after the status line, reported in the stream
     frame: Callable[[AsyncIterator[Event]], StreamingResponse]  # events -> the HTTP stream
@@ -137,11 +146,12 @@ def _outcome(result: GenerationResult) -> Outcome:
         prompt_seconds=result.prompt_seconds,
         generation_seconds=result.generation_seconds,
         ids=list(result.token_ids),
+        logprobs=result.logprobs,
     )
 
 
-async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Outcome]:
-    """Text deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
+async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[Delta | Outcome]:
+    """Deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
 
     Each delta is all the text the engine produced since the last one. Alone, every token is
     its own delta; with n requests decoding, a stream waits n / DELTA_RATE seconds after each
@@ -152,8 +162,9 @@ async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[str | Ou
     try:
         async for chunks in handle.drain():
             text = "".join(chunk.text for chunk in chunks)
-            if text:
-                yield text
+            logprobs = [lp for chunk in chunks for lp in chunk.logprobs or ()] if prepared.params.logprobs is not None else None
+            if text or logprobs:
+                yield Delta(text, logprobs)
                 active = runner.scheduler.active
                 if active > 1:
                     await asyncio.sleep(active / DELTA_RATE)

@@ -170,7 +170,7 @@ def _wire(model: str, shape: Callable[[str], dict[str, Any]], extra_final: Calla
 
     return answer.Wire(
         whole=lambda outcome: final(outcome, outcome.text),
-        delta=lambda text: {**head(text), "done": False},
+        delta=lambda piece: {**head(piece.text), "done": False},
         closing=lambda outcome: [final(outcome, "")],
         error=lambda e: {"error": e.message},
         frame=answer.ndjson,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import time
 import uuid
 from typing import Any, Callable, Literal
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
+from yunque.infer.batch import TokenLogprob
 from yunque.store import entries as store
 from yunque.server import answer, prepare
 from yunque.server.errors import APIError, error_body
@@ -64,11 +66,10 @@ _IGNORED = frozenset({"user", "metadata", "store", "service_tier", "safety_ident
 # OpenAI fields yunque does not implement, with the value that asks for nothing: any other is a 400.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],), "function_call": ("none", "auto"), "audio": (),
-    "prediction": (), "web_search_options": (), "logprobs": (False,), "top_logprobs": (0,), "best_of": (1,), "modalities": (["text"],),
+    "prediction": (), "web_search_options": (), "best_of": (1,), "modalities": (["text"],),
 }
 _WHY = {"tools": "tools and function calling are not supported yet", "tool_choice": "tools and function calling are not supported yet",
-        "functions": "function calling is not supported yet", "function_call": "function calling is not supported yet",
-        "logprobs": "log probabilities are not returned yet", "top_logprobs": "log probabilities are not returned yet"}
+        "functions": "function calling is not supported yet", "function_call": "function calling is not supported yet"}
 
 
 def _refuse_unsupported(extra: dict[str, Any] | None) -> None:
@@ -111,17 +112,31 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
     max_completion_tokens: StrictInt | None = None
     response_format: ResponseFormat | None = None
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = None
+
+    def logprobs_asked(self) -> int | None:
+        """Alternatives per token to report (0: the chosen token's only), or None for no logprobs."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr]
     echo: StrictBool = False
     suffix: StrictStr | None = None
+    logprobs: StrictInt | None = None
 
     def check(self) -> None:
         super().check()
         if self.suffix:
             raise APIError(400, "suffix (text to insert before) is not supported; send the request without 'suffix'", param="suffix")
+        if self.echo and self.logprobs is not None:
+            raise APIError(400, "echo with logprobs (the prompt's log probabilities) is not supported yet; ask for one of them", param="logprobs")
+
+    def logprobs_asked(self) -> int | None:
+        return self.logprobs
 
 
 class EmbeddingRequest(_Body):
@@ -151,10 +166,10 @@ def _wire(
     request: Request,
     body: _Sampling,
     whole: Callable[[answer.Outcome], dict[str, Any]],
-    delta: Callable[[str | None, str | None], dict[str, Any]],
+    delta: Callable[[answer.Delta | None, str | None], dict[str, Any]],
     first: dict[str, Any] | None,
 ) -> answer.Wire:
-    """OpenAI's answer: `whole(outcome)` plus usage, or chunks made by `delta(text, finish_reason)`,
+    """OpenAI's answer: `whole(outcome)` plus usage, or chunks made by `delta(piece, finish_reason)`,
     a last chunk with the finish reason, and (with stream_options.include_usage) one with usage."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -166,12 +181,36 @@ def _wire(
 
     return answer.Wire(
         whole=lambda outcome: {**whole(outcome), "usage": _usage(outcome)},
-        delta=lambda text: delta(text, None),
+        delta=lambda piece: delta(piece, None),
         closing=closing,
         error=lambda e: error_body(request.url.path, e),
         frame=answer.sse,
         opening=[first] if first else [],
     )
+
+
+def _token_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    data = tokenizer.token_bytes(token_id)
+    return {"token": data.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(data)}
+
+
+def _chat_logprobs(tokenizer: Any, logprobs: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """Chat's `logprobs`: each token with its bytes, log probability and top alternatives."""
+    if logprobs is None:
+        return None
+    content = [{**_token_entry(tokenizer, lp.token_id, lp.logprob), "top_logprobs": [_token_entry(tokenizer, t, v) for t, v in lp.top]} for lp in logprobs]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
+    """Completions' `logprobs`: parallel lists of tokens, their log probabilities, top alternatives
+    (token text -> logprob) and where each token's text starts in the answer."""
+    if logprobs is None:
+        return None
+    tokens = [tokenizer.token_bytes(lp.token_id).decode("utf-8", errors="replace") for lp in logprobs]
+    offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)) if tokens else []
+    tops = [{tokenizer.token_bytes(t).decode("utf-8", errors="replace"): v for t, v in lp.top} for lp in logprobs]
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs], "top_logprobs": tops, "text_offset": offsets}
 
 
 @router.get("/models")
@@ -200,12 +239,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     base = {"id": cid, "created": created, "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
 
     def whole(outcome: answer.Outcome) -> dict[str, Any]:
-        choice = {"index": 0, "message": {"role": "assistant", "content": outcome.text}, "logprobs": None, "finish_reason": outcome.finish_reason}
+        message = {"role": "assistant", "content": outcome.text}
+        choice = {"index": 0, "message": message, "logprobs": _chat_logprobs(lm.tokenizer, outcome.logprobs), "finish_reason": outcome.finish_reason}
         return {**base, "object": "chat.completion", "choices": [choice]}
 
-    def delta(text: str | None, finish: str | None) -> dict[str, Any]:
-        d = {} if text is None else {"content": text}
-        return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}]}
+    def delta(piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
+        d = {} if piece is None else {"content": piece.text}
+        lps = _chat_logprobs(lm.tokenizer, piece.logprobs) if piece else None
+        return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "logprobs": lps, "finish_reason": finish}]}
 
     first = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
     return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
@@ -221,14 +262,20 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
     echo = prompt if body.echo else ""
 
+    shown = [len(echo)]  # characters of the answer so far: where the next token's text starts
+
     def whole(outcome: answer.Outcome) -> dict[str, Any]:
-        choice = {"index": 0, "text": echo + outcome.text, "logprobs": None, "finish_reason": outcome.finish_reason}
+        lps = _completion_logprobs(lm.tokenizer, outcome.logprobs, len(echo))
+        choice = {"index": 0, "text": echo + outcome.text, "logprobs": lps, "finish_reason": outcome.finish_reason}
         return {**base, "object": "text_completion", "choices": [choice]}
 
-    def delta(text: str | None, finish: str | None) -> dict[str, Any]:
-        return {**base, "object": "text_completion", "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
+    def delta(piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
+        lps = _completion_logprobs(lm.tokenizer, piece.logprobs, shown[0]) if piece else None
+        shown[0] += len(piece.text) if piece else 0
+        choice = {"index": 0, "text": piece.text if piece else "", "logprobs": lps, "finish_reason": finish}
+        return {**base, "object": "text_completion", "choices": [choice]}
 
-    first = delta(echo, None) if echo else None
+    first = {**base, "object": "text_completion", "choices": [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}]} if echo else None
     return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
 
 

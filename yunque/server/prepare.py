@@ -145,6 +145,7 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
     return _params(
         **{**OPENAI_DEFAULTS, **from_openai(body)},
         logit_bias=_logit_bias(runner, getattr(body, "logit_bias", None)),
+        logprobs=body.logprobs_asked(),
         max_new_tokens=max_tokens or room,
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
