@@ -387,3 +387,40 @@ def test_logprobs_are_the_models_own_and_come_with_each_chunk(model):
         assert [v for _, v in lp.top] == pytest.approx(top.values.tolist(), abs=1e-4)
     with pytest.raises(YunqueError, match="logprobs"):
         SamplingParams(logprobs=21)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads resident memory from /proc")
+def test_a_128k_context_engine_commits_kv_memory_only_for_the_tokens_in_use(shared_data):
+    """Llama-3.2-1B's exact attention (32 heads, 8 KV heads of 64, 128k context, llama3 RoPE),
+    2 layers and a small MLP and vocabulary so it builds in a second: 32 slots at full context
+    would preallocate 34 GB of KV cache; resident memory must follow the tokens in use instead,
+    and go back when the requests end."""
+    import dataclasses
+
+    from yunque.model.hf import config_from_hf
+    from yunque.model.hfdir import read_config
+
+    real = config_from_hf(read_config(shared_data / "configs" / "Llama-3.2-1B-Instruct"))
+    cfg = dataclasses.replace(real, n_layer=2, d_ff=256, vocab_size=1024, bos_token_id=None, eos_token_id=None)
+    assert (cfg.max_seq_len, cfg.n_kv_head, cfg.head_dim) == (131072, 8, 64)
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    before = _rss()
+    with Engine(model, max_batch=32) as engine:
+        per_position = 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4  # keys and values, float32
+        assert 32 * cfg.max_seq_len * per_position > 30e9  # what preallocating would have taken
+        assert _rss() - before < 256 * 2**20  # planning buffers, page tables: not the cache
+        prompts = [list(range(1 + i, 301 + i)) for i in range(16)]
+        handles = [engine.submit(p, temperature=0, max_new_tokens=40, stop_token_ids=[]) for p in prompts]
+        seen = []
+        for h in handles:
+            for _ in h:
+                seen.append((engine.kv_bytes, _rss() - before))
+        assert max(kv for kv, _ in seen) <= 16 * 340 * per_position and engine.kv_bytes == 0
+        assert max(rss for _, rss in seen) < 512 * 2**20, max(rss for _, rss in seen)
+    assert all(h.result.generated_tokens == 40 for h in handles)

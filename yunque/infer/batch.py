@@ -171,6 +171,11 @@ class Batch:
     def free_slots(self) -> int:
         return self.n_slots - len(self.active)
 
+    @property
+    def kv_bytes(self) -> int:
+        """KV cache memory the active requests use: the positions each has written."""
+        return sum(r.cached for r in self.active) * self.cache.bytes_per_position()
+
     @torch.inference_mode()
     def add(self, *reqs: Request) -> None:
         """Prefill `reqs` into the next free slots and emit their first tokens.
@@ -346,12 +351,17 @@ class Batch:
         slot = self.active.index(req)
         last = len(self.active) - 1
         if slot != last:
+            # Only the positions the moved request has written: its stale tail is never read, and
+            # copying it would commit memory the lazily committed cache never needed.
+            n = self.active[last].cached
             for buf in (*self.cache.k, *self.cache.v):
-                buf[slot] = buf[last]
+                buf[slot, :, :n] = buf[last, :, :n]
             for t in (self.pos, self.last, self.seen, self.counts):
                 if t is not None:
                     t[slot] = t[last]
             self.active[slot] = self.active[last]
+            self.cache.release(slot, n)
+        self.cache.release(last)  # the row that is free now gives its memory back
         self.active.pop()
         self._sampling = None
         if reason == "error" and req.error is not None:
@@ -362,6 +372,8 @@ class Batch:
     def reset(self) -> list[Request]:
         """Empty every slot without reporting results (after a failed step); returns who was there."""
         reqs, self.active, self._sampling = self.active, [], None
+        for slot in range(len(reqs)):
+            self.cache.release(slot)
         return reqs
 
     def cancel_flagged(self) -> None:

@@ -199,6 +199,11 @@ class Engine:
         """Requests queued for a free slot."""
         return len(self._waiting)
 
+    @property
+    def kv_bytes(self) -> int:
+        """KV cache memory in use now: the positions the decoding requests have written."""
+        return self._batch.kv_bytes
+
     def shutdown(self, cancel: bool = True) -> None:
         """Stop the thread: with `cancel`, running and waiting requests end as `cancelled`; else they finish first."""
         with self._cond:

@@ -26,6 +26,8 @@ from yunque.errors import YunqueError
 from yunque.model.config import ModelConfig
 from yunque.model.hf import config_from_hf, load_weights_into, save_pretrained
 from yunque.model.hfdir import read_config
+from yunque.model import lazymem
+from yunque.model.lazymem import LazyZeros
 from yunque.model.matmul import Linear
 
 
@@ -92,8 +94,22 @@ class KVCache:
     current one, so stale entries from an earlier, longer sequence are never seen.
     """
 
-    def __init__(self, k: list[Tensor], v: list[Tensor], row_ids: Tensor | None = None) -> None:
+    def __init__(self, k: list[Tensor], v: list[Tensor], row_ids: Tensor | None = None, lazy: list[LazyZeros] | None = None) -> None:
         self.k, self.v, self.row_ids = k, v, row_ids
+        self.lazy = lazy or []  # the lazily committed buffers behind k and v (CPU), kept alive here
+
+    def release(self, slot: int, start: int = 0) -> None:
+        """Give back the memory of positions `start:` of row `slot` (every layer, head, key and
+        value) where the buffers are lazily committed; those positions read as zeros after."""
+        for buffer in self.lazy:
+            _, heads, length, dim = buffer.tensor.shape
+            for h in range(heads):
+                row = (slot * heads + h) * length
+                buffer.release((row + start) * dim, (row + length) * dim)
+
+    def bytes_per_position(self) -> int:
+        """Memory one position of one row takes over all layers (keys and values)."""
+        return sum(t.shape[1] * t.shape[3] * t.element_size() for t in (*self.k, *self.v))
 
     @property
     def max_len(self) -> int:
@@ -421,15 +437,17 @@ class Transformer(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> KVCache:
-        """Preallocate a KV cache of `batch_size` rows (slots) and `max_len` positions (default: context)."""
+        """A KV cache of `batch_size` rows (slots) and `max_len` positions (default: context); on a
+        CPU its memory is committed as positions are written (yunque.model.lazymem)."""
         max_len = max_len or self.config.max_seq_len
         if max_len > self.config.max_seq_len:
             raise YunqueError(f"A KV cache of {max_len} positions exceeds the model's context of {self.config.max_seq_len}.")
         ref = self.tok_emb.weight  # float even when the linear layers are quantized
         shape = (batch_size, self.config.n_kv_head, max_len, self.config.head_dim)
-        kw = dict(dtype=dtype or ref.dtype, device=device or ref.device)
+        made = [lazymem.zeros(shape, dtype or ref.dtype, device or ref.device) for _ in range(2 * self.config.n_layer)]
+        tensors = [t for t, _ in made]
         n = self.config.n_layer
-        return KVCache([torch.zeros(shape, **kw) for _ in range(n)], [torch.zeros(shape, **kw) for _ in range(n)])
+        return KVCache(tensors[:n], tensors[n:], lazy=[b for _, b in made if b is not None])
 
     # ------------------------------------------------------------------ accounting
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:

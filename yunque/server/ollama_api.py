@@ -338,14 +338,17 @@ async def ps(request: Request) -> dict[str, Any]:
     out = []
     for lm in _manager(request).running():
         expires = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if math.isinf(lm.expires_at) else dt.datetime.fromtimestamp(lm.expires_at, dt.timezone.utc)
+        kv_bytes = getattr(lm.runner.scheduler, "kv_bytes", 0)
+        size = lm.runner.size + kv_bytes  # weights and KV in use, as Ollama's size counts both
         out.append(
             {
                 **_describe(lm.entry),
                 "expires_at": expires.isoformat().replace("+00:00", "Z"),
-                "size": lm.runner.size,
-                "size_vram": lm.runner.size if lm.runner.device.startswith("cuda") else 0,
+                "size": size,
+                "size_vram": size if lm.runner.device.startswith("cuda") else 0,
                 "context_length": lm.runner.context_length,
-                # yunque's addition (clients ignore it): the scheduler's load right now.
+                # yunque's additions (clients ignore them): the scheduler's load and KV memory right now.
+                "kv_bytes": kv_bytes,
                 "requests": {"running": lm.runner.scheduler.active, "waiting": lm.runner.scheduler.waiting},
             }
         )
