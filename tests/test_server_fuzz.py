@@ -69,7 +69,7 @@ def requests(draw) -> tuple[str, str, bytes]:
     if draw(st.booleans()):
         body = json.loads(json.dumps(VALID[path]))
         for _ in range(draw(st.integers(1, 2))):
-            if "options" in body and draw(st.booleans()):
+            if isinstance(body.get("options"), dict) and draw(st.booleans()):
                 body["options"][draw(st.sampled_from(OPTION_NAMES))] = draw(values)
             else:
                 body[draw(st.sampled_from(names))] = draw(values)
@@ -110,7 +110,10 @@ def http(server):
         yield client
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# derandomize: CI sees the same 400 bodies every run (a new failure should not land on an unrelated
+# change); explore further by hand with derandomize=False and a larger max_examples.
+@settings(max_examples=400, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(request=requests())
 def test_no_request_body_makes_a_500(http, request):
     method, path, raw = request
