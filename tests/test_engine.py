@@ -424,3 +424,32 @@ def test_a_128k_context_engine_commits_kv_memory_only_for_the_tokens_in_use(shar
         assert max(kv for kv, _ in seen) <= 16 * 340 * per_position and engine.kv_bytes == 0
         assert max(rss for _, rss in seen) < 512 * 2**20, max(rss for _, rss in seen)
     assert all(h.result.generated_tokens == 40 for h in handles)
+
+
+def test_a_kv_budget_admits_what_fits_queues_the_rest_and_refuses_the_impossible(model):
+    from yunque.infer.budget import KVBudget
+
+    per_position = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim * 4
+    budget = KVBudget(2 * 30 * per_position)  # two requests of 10 prompt + 20 new tokens at a time
+    prompts = [list(range(3 + i, 13 + i)) for i in range(5)]
+    expected = [naive_greedy(model, p, 20) for p in prompts]
+    with Engine(model, max_batch=4, kv_budget=budget) as engine:
+        handles = [engine.submit(p, temperature=0, max_new_tokens=20, stop_token_ids=[]) for p in prompts]
+        results, peak = [], 0
+        for h in handles:
+            tokens = []
+            for chunk in h:
+                tokens += chunk.token_ids
+                peak = max(peak, budget.used, engine.active * 30 * per_position)
+            results.append(tokens)
+        assert results == expected and peak <= budget.total and budget.used == 0
+        assert max(h.result.queued_seconds for h in handles) > 0  # the later ones waited for memory
+        with pytest.raises(YunqueError, match=r"KV cache, more than the server's budget of .* --kv-budget"):
+            engine.submit(list(range(10)), temperature=0, max_new_tokens=60, stop_token_ids=[])
+        cancelled = engine.submit(prompts[0], temperature=0, max_new_tokens=20, stop_token_ids=[])
+        cancelled.cancel()
+        for _ in range(500):  # cancelling is seen by the engine thread between two steps
+            if cancelled.done:
+                break
+            threading.Event().wait(0.01)
+        assert cancelled.done and budget.used == 0

@@ -99,7 +99,9 @@ def requests(draw) -> tuple[str, str, bytes]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    live = serve_tiny(tmp_path_factory, max_seq_len=256)
+    # A KV budget of 200 positions of the tiny model (512 bytes each): short answers fit, one
+    # that may fill the 256-token context does not (test_a_kv_budget_...).
+    live = serve_tiny(tmp_path_factory, max_seq_len=256, env={"YUNQUE_KV_BUDGET": "100KiB"})
     yield live
     live.stop()
 
@@ -128,3 +130,15 @@ def test_the_server_still_answers_correctly_after_the_battery(http, server):
     r = http.post("/api/generate", json={"model": "tiny:latest", "prompt": "still here?", "stream": False, "options": {"num_predict": 2}})
     assert r.status_code == 200 and r.json()["done"]
     assert "Traceback" not in server.log.read_text()
+
+
+def test_a_kv_budget_refuses_what_could_never_fit_and_serves_the_rest(http):
+    """`yunque serve` with YUNQUE_KV_BUDGET: a request that may fill more KV cache than the whole
+    budget is a 400 with the numbers; short ones are served, and /api/ps shows the KV in use."""
+    long = {"model": "tiny", "prompt": "hi", "stream": False, "options": {"num_predict": -1}}
+    r = http.post("/api/generate", json=long)
+    assert r.status_code == 400 and "KV cache, more than the server's budget of 100.0 KiB" in r.json()["error"]
+    r = http.post("/api/generate", json={**long, "options": {"num_predict": 5}})
+    assert r.status_code == 200 and r.json()["eval_count"] >= 1
+    [loaded] = http.get("/api/ps").json()["models"]
+    assert loaded["kv_bytes"] == 0 and loaded["size"] > 0  # nothing decoding now

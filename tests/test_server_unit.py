@@ -434,3 +434,21 @@ def test_max_loaded_holds_a_request_for_another_model_waits_for_one_to_go_idle(s
         await manager.close()
 
     asyncio.run(scenario())
+
+
+def test_a_model_whose_weights_cannot_fit_is_refused_with_the_numbers_before_loading(store_with_models, monkeypatch):
+    from yunque.model import device
+    from yunque.model.transformer import Transformer
+    from yunque.server.errors import APIError
+    from yunque.server.runner import load_runner
+
+    def no_weights(*a, **k):
+        raise AssertionError("the weights were loaded although they cannot fit")
+
+    entry = store_with_models.get("a")
+    monkeypatch.setattr(Transformer, "from_pretrained", no_weights)
+    monkeypatch.setattr(device, "available_memory", lambda kind: 1000)  # 1,000 bytes free
+    with pytest.raises(APIError) as e:
+        load_runner(entry)
+    weights = entry.details["parameter_count"] * 4  # float32 on a CPU
+    assert e.value.status == 507 and f"{weights / 2**10:.1f} KiB for its weights but 1000 bytes of memory is free" in e.value.message

@@ -28,6 +28,7 @@ from yunque.infer.decode import decode_step
 from yunque.errors import YunqueError
 from yunque.model.matmul import tune_products
 from yunque.model.transformer import KVCache, Transformer
+from yunque.infer.budget import KVBudget
 from yunque.infer.sampling import SamplingBatch, SamplingParams, sample
 from yunque.infer.textstream import TextStream
 
@@ -102,14 +103,23 @@ class Request:
         self.cached = 0  # tokens of this request in its cache slot
         self.on_error: Callable[[BaseException], None] | None = None
         self.error: YunqueError | None = None  # why this request alone failed (its sampling), if it did
+        self.budget: KVBudget | None = None  # the budget its KV reservation came from, while it holds one
+        self.kv_reserved = 0
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.step_logprob: TokenLogprob | None = None  # the last sampled token's, until it is emitted
         self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
+
+    def release_kv(self) -> None:
+        """Give the KV reservation back to its budget (once; the request has left its batch)."""
+        if self.budget is not None and self.kv_reserved:
+            self.budget.release(self.kv_reserved)
+        self.kv_reserved = 0
 
     def finish(self, reason: str) -> None:
         if self.finished:
             return
         self.finished = True
+        self.release_kv()
         now = time.perf_counter()
         if self.text is not None:
             tail = self.text.finish() if reason != "cancelled" else ""
@@ -137,6 +147,7 @@ class Request:
         instead of a result. Without an error handler (no Engine) the error is raised."""
         if not self.finished:
             self.finished = True
+            self.release_kv()
             if self.on_error is None:
                 raise error
             self.on_error(error)

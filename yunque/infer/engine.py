@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Sequence
 
+from yunque.infer.budget import KVBudget
 from yunque.infer.batch import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
 from yunque.errors import YunqueError
 from yunque.model.transformer import Transformer
@@ -150,13 +151,14 @@ class Engine:
     """
 
     def __init__(self, model: Transformer, tokenizer: Any = None, *, max_batch: int = 8, max_queue: int = 64,
-                 max_len: int | None = None) -> None:
+                 max_len: int | None = None, kv_budget: KVBudget | None = None) -> None:
         if max_batch < 1 or max_queue < 1:
             raise YunqueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}.")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queue = max_queue
         self.context = max_len or model.config.max_seq_len
         self._batch = Batch(model, max_batch, self.context, tokenizer)
+        self.kv_budget = kv_budget
         self._waiting: collections.deque[RequestHandle] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -171,6 +173,8 @@ class Engine:
         handle = RequestHandle(self)
         handle.request = make_request(self.model, self.tokenizer, prompt, params, self.context, handle._push, handle._done)
         handle.request.on_error = handle._fail
+        if self.kv_budget is not None:
+            self.kv_budget.check(self._kv_need(handle.request))
         with self._cond:
             if self._closed:
                 raise YunqueError("The engine has been shut down; create a new one.")
@@ -223,6 +227,24 @@ class Engine:
         self.shutdown()
 
     # ------------------------------------------------------------------ engine thread
+    def _kv_need(self, req: Request) -> int:
+        """The KV memory `req` may fill: every position up to its prompt plus max_new_tokens."""
+        positions = min(self.context, len(req.prompt_ids) + req.params.max_new_tokens)
+        return positions * self._batch.cache.bytes_per_position()
+
+    def _admit(self) -> list[RequestHandle]:
+        """Waiting requests, in order, for the free slots, while their KV reservations fit the budget."""
+        admit: list[RequestHandle] = []
+        while self._waiting and len(admit) < self._batch.free_slots:
+            req = self._waiting[0].request
+            if self.kv_budget is not None:
+                need = self._kv_need(req)
+                if not self.kv_budget.try_reserve(need):
+                    break  # the oldest request waits for memory; the ones behind it wait their turn
+                req.budget, req.kv_reserved = self.kv_budget, need
+            admit.append(self._waiting.popleft())
+        return admit
+
     def _run(self) -> None:
         batch = self._batch
         while True:
@@ -231,7 +253,10 @@ class Engine:
                     self._cond.wait()
                 if self._closed and not self._waiting and not batch.active:
                     return
-                admit = [self._waiting.popleft() for _ in range(min(batch.free_slots, len(self._waiting)))]
+                admit = self._admit()
+                if not admit and not batch.active:
+                    self._cond.wait(0.05)  # waiting for KV memory another engine holds: look again soon
+                    continue
                 if self._cancel_all:
                     for req in batch.active:
                         req.cancelled = True

@@ -47,3 +47,14 @@ def cpu_has_bf16() -> bool:
 def training_bf16(kind: str, choice: str = "auto") -> bool:
     """Whether training autocasts to bf16: as chosen, or under 'auto' on CUDA and on CPUs with native bf16."""
     return choice == "bfloat16" or (choice == "auto" and (kind == "cuda" or cpu_has_bf16()))
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for new weights: the GPU's free memory, or Linux's MemAvailable; None if unknown."""
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info()[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None

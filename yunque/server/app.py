@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from yunque.errors import YunqueError
+from yunque.infer.budget import KVBudget
 from yunque.server import ollama_api, openai_api
 from yunque.server.errors import APIError, error_response, install_error_handlers
 from yunque.server.guard import Guard, Policy, policy_from_env
@@ -116,11 +117,13 @@ def serve(
     max_batch: int = 32,
     max_queue: int = 256,
     on_listening: Callable[[], None] | None = None,
+    kv_budget: int | None = None,
 ) -> None:
     """Run the server until interrupted; refuses a non-loopback address without an API key.
 
     Each loaded model decodes up to `max_batch` requests together and queues `max_queue` more;
-    beyond that, requests get a 503. The port is bound before anything else (a busy one is a
+    beyond that, requests get a 503. All models share `kv_budget` bytes of KV cache (None: no
+    limit): a request starts when the positions it may fill fit, and waits otherwise. The port is bound before anything else (a busy one is a
     YunqueError), then `on_listening` is called and uvicorn serves on that very socket.
     """
     import uvicorn
@@ -130,7 +133,8 @@ def serve(
     sock = listen(host, port)
     try:
         logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue)
+        budget = KVBudget(kv_budget) if kv_budget else None
+        loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue, kv_budget=budget)
         manager = ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded)
         app = create_app(manager, api_key, policy)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,23 +22,11 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from yunque.errors import YunqueError
 from yunque.server.errors import APIError, error_response
-from yunque.server.settings import is_loopback
+from yunque.server.settings import is_loopback, parse_size
 
 DEFAULT_MAX_BODY = 32 * 1000**2  # 32MB, as the docs state it
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)", re.IGNORECASE)
 _ALLOWED_METHODS = "GET, POST, DELETE, HEAD, OPTIONS"
-
-
-def parse_size(value: str) -> int:
-    """Bytes from `1048576`, `32MB`, `512k` or `1GiB` (k/M/G/T are powers of 1000, Ki/Mi/Gi of 1024)."""
-    match = _SIZE.fullmatch(value.strip())
-    if not match:
-        raise YunqueError(f"Cannot read the size {value!r}; write bytes with an optional unit, e.g. 32MB or 512KiB.")
-    number, unit = float(match[1]), match[2].lower().rstrip("b")
-    scale = 1 if not unit else (1024 if unit.endswith("i") else 1000) ** ("kmgt".index(unit[0]) + 1)
-    return int(number * scale)
 
 
 def _hostname(authority: str) -> str:

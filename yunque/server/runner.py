@@ -38,9 +38,9 @@ class Runner:
         return await asyncio.to_thread(work)
 
 
-def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256) -> Runner:
+def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256, kv_budget: Any = None) -> Runner:
     """Load a store entry on the device `yunque.model.device` picks (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
-    from yunque.model.device import device_kind, inference_dtype
+    from yunque.model.device import available_memory, device_kind, inference_dtype
     from yunque.model.transformer import Transformer
     from yunque.infer.engine import Engine
     from yunque.text.tokenizer import Tokenizer
@@ -49,7 +49,22 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     # (engine.load reads them the other way round, so it is not reused here.)
     tokenizer = Tokenizer.from_pretrained(entry.path)
     device = device_kind()
-    model = Transformer.from_pretrained(entry.path, dtype=inference_dtype(device), device=device).eval()
+    dtype = inference_dtype(device)
+    check_fits(str(entry.name), int(entry.details.get("parameter_count") or 0) * dtype.itemsize, available_memory(device))
+    model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, kv_budget=kv_budget)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
+
+
+def check_fits(name: str, weights: int, available: int | None) -> None:
+    """Refuse, with the numbers, a model whose weights would not fit in the memory free now (the
+    alternative is the operating system killing the server mid-load)."""
+    from yunque.infer.budget import human_bytes
+
+    if available is not None and weights > available:
+        raise APIError(
+            507,
+            f"{name} needs about {human_bytes(weights)} for its weights but {human_bytes(available)} of memory is free; "
+            "unload other models (yunque stop), free memory, or use a smaller model",
+        )

@@ -69,6 +69,33 @@ def require_key_for(host: str, api_key: str | None) -> None:
         )
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)", re.IGNORECASE)
+
+
+def parse_size(value: str) -> int:
+    """Bytes from `1048576`, `32MB`, `512k` or `1GiB` (k/M/G/T are powers of 1000, Ki/Mi/Gi of 1024)."""
+    match = _SIZE.fullmatch(value.strip())
+    if not match:
+        raise YunqueError(f"Cannot read the size {value!r}; write bytes with an optional unit, e.g. 32MB or 512KiB.")
+    number, unit = float(match[1]), match[2].lower().rstrip("b")
+    scale = 1 if not unit else (1024 if unit.endswith("i") else 1000) ** ("kmgt".index(unit[0]) + 1)
+    return int(number * scale)
+
+
+def default_kv_budget() -> int | None:
+    """Half the memory available now on the device models load onto, or None where it cannot be read."""
+    from yunque.model.device import available_memory, device_kind
+
+    available = available_memory(device_kind())
+    return available // 2 if available else None
+
+
+def kv_budget(value: str | None) -> int | None:
+    """Bytes of KV cache the server may hold: `--kv-budget` / YUNQUE_KV_BUDGET, else the default."""
+    text = value or os.environ.get("YUNQUE_KV_BUDGET")
+    return parse_size(text) if text else default_kv_budget()
+
+
 _DURATION = re.compile(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 

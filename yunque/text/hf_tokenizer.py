@@ -83,10 +83,7 @@ class LibraryTokenizer:
 
     @property
     def eot_id(self) -> int | None:
-        for name in (ENDOFTEXT, self.eos_token):
-            if name in self.special_tokens:
-                return self.special_tokens[name]
-        return None
+        return end_of_text_id(self.special_tokens, self.eos_token)
 
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
@@ -157,6 +154,14 @@ def _piece_bytes(token: str) -> bytes:
     if match:
         return bytes([int(match[1], 16)])
     return token.removeprefix("##").replace(_METASPACE, " ").encode("utf-8")
+
+
+def end_of_text_id(special_tokens: dict[str, int], eos_token: str | None) -> int | None:
+    """Id of the end-of-text token (`<|endoftext|>`, else the configured eos token), or None."""
+    for name in (ENDOFTEXT, eos_token):
+        if name in special_tokens:
+            return special_tokens[name]
+    return None
 
 
 def config_token(value: Any) -> str | None:

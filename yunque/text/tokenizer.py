@@ -32,7 +32,7 @@ import tiktoken
 
 from yunque.errors import YunqueError
 from yunque.fsutil import read_json, write_text_files
-from yunque.text.hf_tokenizer import LibraryTokenizer, config_max_length, config_token
+from yunque.text.hf_tokenizer import LibraryTokenizer, config_max_length, config_token, end_of_text_id
 from yunque.text.special import CHAT_TOKENS, DEFAULT_CHAT_TEMPLATE, ENDOFTEXT, SPECIAL_TOKENS
 
 # GPT-4's (cl100k) split pattern, in the form both tiktoken (fancy-regex) and tokenizers
@@ -313,10 +313,7 @@ class Tokenizer:
     @property
     def eot_id(self) -> int | None:
         """Id of the end-of-text token (`<|endoftext|>`, else the configured eos token), or None."""
-        for name in (ENDOFTEXT, self.eos_token):
-            if name in self.special_tokens:
-                return self.special_tokens[name]
-        return None
+        return end_of_text_id(self.special_tokens, self.eos_token)
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a special token name, or of the ordinary token with these UTF-8 bytes; None if absent
