@@ -15,7 +15,7 @@ from serving import free_port, make_tiny_model
 
 from yunque.errors import YunqueError
 from yunque.cli.client import Client
-from yunque.server.errors import ModelNotFound
+from yunque.server.errors import APIError, ModelNotFound
 from yunque.server.manager import ModelManager
 from yunque.cli.repl import chat_loop
 from yunque.server.settings import base_url, is_loopback, parse_host, parse_keep_alive, require_key_for
@@ -202,7 +202,7 @@ def test_full_queue_is_503_in_both_dialects(store_with_models):
     from yunque.text.tokenizer import Tokenizer
 
     def load(entry):
-        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
+        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1, default_context=None)
 
     app = create_app(ModelManager(load))
 
@@ -388,7 +388,7 @@ def test_store_work_and_prompt_encoding_run_off_the_event_loop(store_with_models
         monkeypatch.setattr(module, name, recorded(name, getattr(module, name)))
 
     def load(entry):
-        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1)
+        return SimpleNamespace(scheduler=_FullEngine(), tokenizer=Tokenizer.from_pretrained(entry.path), device="cpu", context_length=64, size=1, default_context=None)
 
     app = create_app(ModelManager(load))
 
@@ -452,3 +452,33 @@ def test_a_model_whose_weights_cannot_fit_is_refused_with_the_numbers_before_loa
         load_runner(entry)
     weights = entry.details["parameter_count"] * 4  # float32 on a CPU
     assert e.value.status == 507 and f"{weights / 2**10:.1f} KiB for its weights but 1000 bytes of memory is free" in e.value.message
+
+
+def test_requests_without_num_ctx_get_the_servers_default_context(tmp_path, monkeypatch):
+    """As Ollama: 4096 tokens of context unless num_ctx (Modelfile or request) raises it, up to the
+    model's own; an OpenAI prompt may use the whole context, its default answer the default one."""
+    from yunque.server.prepare import ollama_params, openai_params
+    from yunque.server.settings import DEFAULT_CONTEXT, context_length
+    from yunque.store.modelfile import Modelfile
+    from yunque.store.chat import model_chat_settings
+    from yunque.text.tokenizer import Tokenizer
+
+    src = make_tiny_model(tmp_path / "m", d_model=32, n_layer=1, max_seq_len=64, vocab_size=300)
+    runner = SimpleNamespace(tokenizer=Tokenizer.from_pretrained(src), context_length=131072, default_context=DEFAULT_CONTEXT)
+    settings = model_chat_settings(src, Modelfile(from_="x"))
+    assert ollama_params(runner, settings, {}, 100).max_new_tokens == 4096 - 100
+    assert ollama_params(runner, settings, {"num_ctx": 8192}, 100).max_new_tokens == 8192 - 100
+    assert ollama_params(runner, settings, {"num_ctx": 10**7}, 100).max_new_tokens == 131072 - 100
+    with pytest.raises(APIError, match="context holds 4096; shorten the prompt or raise num_ctx"):
+        ollama_params(runner, settings, {}, 5000)
+    body = SimpleNamespace(max_tokens=None, max_completion_tokens=None, stop=None, logit_bias=None, logprobs_asked=lambda: None,
+                           temperature=None, top_p=None, seed=None, presence_penalty=None, frequency_penalty=None)
+    assert openai_params(runner, settings, body, 100).max_new_tokens == 4096 - 100
+    assert openai_params(runner, settings, body, 5000).max_new_tokens == 131072 - 5000
+    for name in ("YUNQUE_CONTEXT_LENGTH", "OLLAMA_CONTEXT_LENGTH"):
+        monkeypatch.delenv(name, raising=False)
+    assert context_length(None) == DEFAULT_CONTEXT and context_length(8192) == 8192
+    monkeypatch.setenv("OLLAMA_CONTEXT_LENGTH", "2048")
+    assert context_length(None) == 2048
+    with pytest.raises(YunqueError, match="--context-length"):
+        context_length(0)

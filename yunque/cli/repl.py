@@ -48,9 +48,10 @@ class LocalBackend:
     def __init__(self, name: str) -> None:
         from yunque.server.manager import lookup
         from yunque.server.runner import load_runner
+        from yunque.server.settings import context_length
 
         self.entry = lookup(name)
-        self.runner = load_runner(self.entry, max_batch=1, max_queue=1)
+        self.runner = load_runner(self.entry, max_batch=1, max_queue=1, default_context=context_length(None))  # as the server would
 
     def chat(self, messages: list[dict[str, str]], options: dict[str, Any]) -> Iterator[str]:
         from yunque.server import answer, prepare

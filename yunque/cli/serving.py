@@ -21,16 +21,20 @@ def serve_cmd(
     max_loaded: int = typer.Option(3, "--max-loaded", min=1, help="Most models kept loaded at once; the least recently used idle one is unloaded first."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Requests one model decodes together (continuous batching)."),
     max_queue: int = typer.Option(256, "--max-queue", min=0, help="Requests waiting for a batch slot before the server answers 503."),
+    context_length: int = typer.Option(None, "--context-length", help="Context of requests that set no num_ctx (default: YUNQUE_CONTEXT_LENGTH, else 4096, as Ollama); num_ctx raises it up to the model's."),
     kv_budget: str = typer.Option(None, "--kv-budget", help="KV cache memory all models may hold, e.g. 8GB (default: YUNQUE_KV_BUDGET, else half the memory available at start)."),
 ) -> None:
     """Serve the store's models over Ollama's /api and OpenAI's /v1 APIs, with a web chat at /ui."""
     from yunque.server.app import serve
-    from yunque.server.settings import base_url, env_host, kv_budget as parse_kv_budget, parse_keep_alive
+    from yunque.server.settings import base_url, env_host, parse_keep_alive
+    from yunque.server.settings import context_length as parse_context_length
+    from yunque.server.settings import kv_budget as parse_kv_budget
 
     env_hostname, env_port = env_host()
     host, port = host or env_hostname, port or env_port
     seconds = parse_keep_alive(keep_alive)
     budget = parse_kv_budget(kv_budget)
+    context = parse_context_length(context_length)
 
     def announce() -> None:
         memory = f", KV budget {budget / 2**30:.1f} GiB" if budget else ""
@@ -39,6 +43,7 @@ def serve_cmd(
     serve(
         host, port, api_key=os.environ.get("YUNQUE_API_KEY") or None, keep_alive=seconds, max_loaded=max_loaded,
         max_batch=max_batch, max_queue=max_queue, on_listening=announce, kv_budget=budget,
+        default_context=context,
     )
 
 

@@ -118,12 +118,14 @@ def serve(
     max_queue: int = 256,
     on_listening: Callable[[], None] | None = None,
     kv_budget: int | None = None,
+    default_context: int | None = None,
 ) -> None:
     """Run the server until interrupted; refuses a non-loopback address without an API key.
 
     Each loaded model decodes up to `max_batch` requests together and queues `max_queue` more;
     beyond that, requests get a 503. All models share `kv_budget` bytes of KV cache (None: no
-    limit): a request starts when the positions it may fill fit, and waits otherwise. The port is bound before anything else (a busy one is a
+    limit): a request starts when the positions it may fill fit, and waits otherwise. Requests
+    that set no num_ctx get `default_context` tokens of context (None: the model's). The port is bound before anything else (a busy one is a
     YunqueError), then `on_listening` is called and uvicorn serves on that very socket.
     """
     import uvicorn
@@ -134,7 +136,7 @@ def serve(
     try:
         logging.basicConfig(level=os.environ.get("YUNQUE_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         budget = KVBudget(kv_budget) if kv_budget else None
-        loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue, kv_budget=budget)
+        loader = functools.partial(load_runner, max_batch=max_batch, max_queue=max_queue, kv_budget=budget, default_context=default_context)
         manager = ModelManager(loader, default_keep_alive=keep_alive, max_loaded=max_loaded)
         app = create_app(manager, api_key, policy)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))

@@ -71,8 +71,9 @@ def encode(runner: Runner, text: str) -> list[int]:
 
 
 def context_size(runner: Runner, num_ctx: int | None) -> int:
-    """The context a request may fill: its `num_ctx`, at most the model's own."""
-    return min(num_ctx, runner.context_length) if num_ctx else runner.context_length
+    """The context a request may fill: its `num_ctx`, else the server's default (Ollama's
+    OLLAMA_CONTEXT_LENGTH rule), at most the model's own."""
+    return min(num_ctx or runner.default_context or runner.context_length, runner.context_length)
 
 
 def check_prompt(n_prompt: int, ctx: int) -> int:
@@ -146,11 +147,19 @@ def openai_params(runner: Runner, settings: ChatSettings, body: Any, n_prompt: i
         **{**OPENAI_DEFAULTS, **from_openai(body)},
         logit_bias=_logit_bias(runner, getattr(body, "logit_bias", None)),
         logprobs=body.logprobs_asked(),
-        max_new_tokens=max_tokens or room,
+        max_new_tokens=max_tokens or _default_answer(runner, n_prompt, room),
         stop=tuple(s for s in stops if s not in runner.tokenizer.special_tokens),
         stop_token_ids=stop_token_ids(runner.tokenizer, stops),
         json_object=json_object,
     )
+
+
+def _default_answer(runner: Runner, n_prompt: int, room: int) -> int:
+    """Tokens an OpenAI answer without max_tokens may take: up to the server's default context,
+    or, for a prompt longer than that, what the model's context has left (the prompt itself
+    may use all of it: OpenAI has no num_ctx)."""
+    within_default = context_size(runner, None) - n_prompt
+    return within_default if within_default > 0 else room
 
 
 def _logit_bias(runner: Runner, asked: dict[str, float] | None) -> dict[int, float] | None:

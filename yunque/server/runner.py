@@ -20,6 +20,7 @@ class Runner:
     context_length: int
     size: int  # bytes of parameters and buffers
     device: str
+    default_context: int | None = None  # the context of requests that set no num_ctx; None: the model's
 
     async def embed(self, texts: list[str], truncate: bool = True) -> tuple[list[list[float]], int]:
         """Unit-length embeddings of `texts` and the number of tokens read; runs beside the scheduler in a worker thread.
@@ -38,7 +39,8 @@ class Runner:
         return await asyncio.to_thread(work)
 
 
-def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256, kv_budget: Any = None) -> Runner:
+def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256, kv_budget: Any = None,
+                default_context: int | None = None) -> Runner:
     """Load a store entry on the device `yunque.model.device` picks (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
     from yunque.model.device import available_memory, device_kind, inference_dtype
     from yunque.model.transformer import Transformer
@@ -54,7 +56,7 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, kv_budget=kv_budget)
-    return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device)
+    return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device, default_context)
 
 
 def check_fits(name: str, weights: int, available: int | None) -> None:

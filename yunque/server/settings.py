@@ -20,6 +20,22 @@ from yunque.errors import YunqueError
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 300.0  # seconds: Ollama's 5m
+DEFAULT_CONTEXT = 4096  # tokens of context for requests that set no num_ctx, as Ollama's default
+
+
+def context_length(value: int | None) -> int:
+    """The default context of requests: `--context-length`, else YUNQUE_CONTEXT_LENGTH (or
+    OLLAMA_CONTEXT_LENGTH), else 4096; a request's num_ctx raises it up to the model's own."""
+    text = value if value is not None else os.environ.get("YUNQUE_CONTEXT_LENGTH") or os.environ.get("OLLAMA_CONTEXT_LENGTH")
+    if text is None:
+        return DEFAULT_CONTEXT
+    try:
+        tokens = int(text)
+    except ValueError:
+        tokens = 0
+    if tokens < 1:
+        raise YunqueError(f"The context length {text!r} is not a positive number of tokens; pass e.g. --context-length 8192.")
+    return tokens
 
 
 def parse_host(value: str | None) -> tuple[str, int]:
