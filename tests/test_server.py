@@ -183,8 +183,8 @@ def test_openai_errors(ai):
     with pytest.raises(openai.NotFoundError) as e:
         ai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert e.value.body["type"] == "invalid_request_error" and "nope" in e.value.body["message"]
-    with pytest.raises(openai.BadRequestError):
-        ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], n=2)
+    with pytest.raises(openai.BadRequestError, match="n must be between 1 and 16"):
+        ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], n=17)
     with pytest.raises(openai.BadRequestError) as e:
         ai.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=10 * CONTEXT)
     assert "context" in e.value.body["message"]
@@ -409,3 +409,43 @@ def test_openai_logprobs_in_chat_and_completions_whole_and_streamed(ai):
     assert "".join(lp.tokens) == done.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs)
     assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
     assert all(len(top) <= 3 and max(top.values()) == pytest.approx(v, abs=1e-5) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+
+
+def test_openai_n_choices_and_several_prompts_whole_and_streamed(ai):
+    """n choices per prompt, and the completions route's lists of prompts (texts or token ids),
+    decoded together: each choice is its own seeded draw, streamed chunks carry their index."""
+    hi = [{"role": "user", "content": "Hi"}]
+    r = ai.chat.completions.create(model="tiny", messages=hi, max_tokens=6, temperature=1.0, seed=7, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2] and len({c.message.content for c in r.choices}) > 1
+    first = ai.chat.completions.create(model="tiny", messages=hi, max_tokens=6, temperature=1.0, seed=7)
+    assert r.choices[0].message.content == first.choices[0].message.content  # choice 0 keeps the seed
+    assert r.usage.prompt_tokens == first.usage.prompt_tokens  # the prompt counts once
+    assert 3 <= r.usage.completion_tokens <= 18  # every choice's tokens: 1 to 6 each
+    chunks = list(ai.chat.completions.create(model="tiny", messages=hi, max_tokens=6, temperature=1.0, seed=7, n=3, stream=True))
+    texts = {i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i) for i in range(3)}
+    assert texts == {c.index: c.message.content for c in r.choices}
+    assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 3
+    done = ai.completions.create(model="tiny", prompt=["Simple is", "Beautiful is"], max_tokens=4, temperature=0, n=2)
+    assert [c.index for c in done.choices] == [0, 1, 2, 3]
+    assert done.choices[0].text == done.choices[1].text and done.choices[2].text == done.choices[3].text  # greedy
+    alone = ai.completions.create(model="tiny", prompt="Beautiful is", max_tokens=4, temperature=0)
+    assert done.choices[2].text == alone.choices[0].text
+    ids = ai.completions.create(model="tiny", prompt=[[83, 105, 109], [66, 101]], max_tokens=3, temperature=0, echo=True)
+    assert ids.choices[0].text.startswith("Sim") and ids.choices[1].text.startswith("Be")  # ids 0-255 are bytes, echoed as text
+
+
+def test_a_client_leaving_a_stream_of_several_choices_frees_them_all(server):
+    body = {"model": "tiny", "prompt": "go", "max_tokens": CONTEXT - 100, "temperature": 0, "n": 3, "stream": True}
+
+    def busy(http: httpx.Client) -> int:
+        return sum(m["requests"]["running"] + m["requests"]["waiting"] for m in http.get("/api/ps").json()["models"])
+
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json=body) as r:
+            lines = (line for line in r.iter_lines() if line.startswith("data: {"))
+            next(lines)
+            assert busy(http) == 3
+        deadline = time.monotonic() + 30
+        while busy(http) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert busy(http) == 0

@@ -58,16 +58,21 @@ class Delta:
 Event = dict[str, Any]
 
 
+def _no_events(outcomes: list[Outcome]) -> list[Event]:
+    return []
+
+
 @dataclass
 class Wire:
-    """How one API writes an answer; `respond` calls these as the answer goes."""
+    """How one API writes an answer of one or more choices; `respond` calls these as it goes."""
 
-    whole: Callable[[Outcome], Event]  # the non-streamed answer
-    delta: Callable[[Delta], Event]  # one piece of streamed text
-    closing: Callable[[Outcome], list[Event]]  # the events that end a stream
+    whole: Callable[[list[Outcome]], Event]  # the non-streamed answer, from every choice's outcome
+    delta: Callable[[int, Delta], Event]  # a piece of choice i's streamed text
+    finished: Callable[[int, Outcome], list[Event]]  # the events that end choice i's stream
     error: Callable[[APIError], Event]  # a failure after the status line, reported in the stream
     frame: Callable[[AsyncIterator[Event]], StreamingResponse]  # events -> the HTTP stream
     opening: list[Event] = field(default_factory=list)  # events before the first delta
+    closing: Callable[[list[Outcome]], list[Event]] = _no_events  # events once every choice has ended
 
 
 def ndjson(events: AsyncIterator[Event]) -> StreamingResponse:
@@ -91,43 +96,91 @@ def sse(events: AsyncIterator[Event]) -> StreamingResponse:
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def respond(request: Request, lm: LoadedModel, prepared: Prepared, stream: bool, wire: Wire) -> Response:
-    """Run `prepared` on `lm` and answer as `wire` says, whole or streamed.
+async def respond(request: Request, lm: LoadedModel, prepared: list[Prepared], stream: bool, wire: Wire) -> Response:
+    """Run every choice of `prepared` on `lm` (decoded together) and answer as `wire` says,
+    whole or streamed.
 
     Owns the model reference from `acquire`: released when the answer is finished or abandoned.
     """
     manager = request.app.state.manager
     if not stream:
         try:
-            outcome = await until_disconnect(request, complete(lm.runner, prepared))
+            outcomes = await until_disconnect(request, asyncio.gather(*(complete(lm.runner, p) for p in prepared)))
         finally:
             manager.release(lm)
-        return JSONResponse(wire.whole(outcome))
+        return JSONResponse(wire.whole(list(outcomes)))
 
-    items = generate(lm.runner, prepared)
+    streams = [generate(lm.runner, p) for p in prepared]
     try:
-        head = await anext(items)  # errors (server busy) become a status code, not a broken stream
+        heads = [await anext(s) for s in streams]  # errors (server busy) become a status code, not a broken stream
     except BaseException:
         manager.release(lm)
+        for s in streams:
+            await s.aclose()
         raise
 
     async def events() -> AsyncIterator[Event]:
+        outcomes: list[Outcome] = [None] * len(streams)  # type: ignore[list-item]
+        merged = _merged(streams, heads)
         try:
             for event in wire.opening:
                 yield event
-            item = head
-            while not isinstance(item, Outcome):
-                yield wire.delta(item)
-                item = await anext(items)
-            for event in wire.closing(item):
+            async for i, item in merged:
+                if isinstance(item, Outcome):
+                    outcomes[i] = item
+                    for event in wire.finished(i, item):
+                        yield event
+                else:
+                    yield wire.delta(i, item)
+            for event in wire.closing(outcomes):
                 yield event
         except Exception as e:  # the status line is sent: report in the stream, as both APIs do
             yield wire.error(in_stream_error(e))
         finally:
             manager.release(lm)  # first: nothing after an await is sure to run in a cancelled task
-            await items.aclose()
+            await merged.aclose()
 
     return wire.frame(events())
+
+
+async def _merged(streams: list[AsyncIterator[Delta | Outcome]], heads: list[Delta | Outcome]) -> AsyncIterator[tuple[int, Delta | Outcome]]:
+    """(choice, item) from every stream as items arrive, each stream's first item given; ends when
+    every stream has given its Outcome. Closing it cancels the streams still running."""
+    if len(streams) == 1:  # one choice, the common case: no tasks
+        stream, item = streams[0], heads[0]
+        try:
+            while True:
+                yield 0, item
+                if isinstance(item, Outcome):
+                    return
+                item = await anext(stream)
+        finally:
+            await stream.aclose()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int) -> None:
+        await queue.put((i, heads[i]))
+        if not isinstance(heads[i], Outcome):
+            try:
+                async for item in streams[i]:
+                    await queue.put((i, item))
+            except Exception as e:  # handed to the reader, which reports it
+                await queue.put((i, e))
+
+    tasks = [asyncio.ensure_future(pump(i)) for i in range(len(streams))]
+    try:
+        for _ in range(len(streams)):
+            while True:
+                i, item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield i, item
+                if isinstance(item, Outcome):
+                    break
+    finally:
+        for task in tasks:
+            task.cancel()  # a stream's own cleanup (cancelling its generation) runs in its task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _submit(runner: Runner, prepared: Prepared) -> Any:

@@ -169,9 +169,9 @@ def _wire(model: str, shape: Callable[[str], dict[str, Any]], extra_final: Calla
         return {**head(text), **_final_stats(outcome, load_seconds, started), **extra_final(outcome)}
 
     return answer.Wire(
-        whole=lambda outcome: final(outcome, outcome.text),
-        delta=lambda piece: {**head(piece.text), "done": False},
-        closing=lambda outcome: [final(outcome, "")],
+        whole=lambda outcomes: final(outcomes[0], outcomes[0].text),
+        delta=lambda _, piece: {**head(piece.text), "done": False},
+        finished=lambda _, outcome: [final(outcome, "")],
         error=lambda e: {"error": e.message},
         frame=answer.ndjson,
     )
@@ -221,7 +221,7 @@ async def chat(body: ChatRequest, request: Request) -> Response:
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     wire = _wire(lm.name, lambda text: {"message": {"role": "assistant", "content": text}}, lambda outcome: {}, load_seconds, started)
-    return await answer.respond(request, lm, prepared, body.stream, wire)
+    return await answer.respond(request, lm, [prepared], body.stream, wire)
 
 
 @router.post("/api/generate")
@@ -241,7 +241,7 @@ async def generate(body: GenerateRequest, request: Request) -> Response:
 
     lm, load_seconds, prepared = await _manager(request).acquire_for(body.model, build, keep_alive)
     wire = _wire(lm.name, lambda text: {"response": text}, lambda outcome: {"context": prepared.ids + outcome.ids}, load_seconds, started)
-    return await answer.respond(request, lm, prepared, body.stream, wire)
+    return await answer.respond(request, lm, [prepared], body.stream, wire)
 
 
 async def _embed(request: Request, model: str, texts: list[str], keep_alive: Any, truncate: bool) -> tuple[list[list[float]], int, float]:

@@ -9,6 +9,7 @@ with a 400 rather than silently ignored when they would change the answer.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import itertools
 import time
@@ -27,6 +28,8 @@ from yunque.server.errors import APIError, error_body
 from yunque.server.manager import LoadedModel, lookup
 
 router = APIRouter(prefix="/v1")
+MAX_CHOICES = 16  # n per prompt
+MAX_PROMPTS = 64  # prompts in one completions request
 _Number = float | StrictInt
 
 
@@ -102,8 +105,8 @@ class _Sampling(_Body):
 
     def check(self) -> None:
         _refuse_unsupported(self.model_extra)
-        if self.n != 1:
-            raise APIError(400, f"n={self.n} is not supported; yunque returns one choice per request (n=1)", param="n")
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise APIError(400, f"n must be between 1 and {MAX_CHOICES}, got {self.n}", param="n")
         if self.temperature is not None and not 0 <= self.temperature <= 2:
             raise APIError(400, f"temperature must be between 0 and 2, got {self.temperature}", param="temperature")
 
@@ -123,7 +126,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: StrictStr | list[StrictStr]
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     echo: StrictBool = False
     suffix: StrictStr | None = None
     logprobs: StrictInt | None = None
@@ -138,6 +141,14 @@ class CompletionRequest(_Sampling):
     def logprobs_asked(self) -> int | None:
         return self.logprobs
 
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts: one text, texts, one list of token ids, or lists of them (OpenAI's four forms)."""
+        prompt = self.prompt
+        prompts = [prompt] if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)) else list(prompt)
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise APIError(400, f"prompt must hold 1 to {MAX_PROMPTS} prompts, got {len(prompts)}", param="prompt")
+        return prompts
+
 
 class EmbeddingRequest(_Body):
     model: StrictStr
@@ -146,17 +157,29 @@ class EmbeddingRequest(_Body):
     dimensions: StrictInt | None = None
 
 
-def _usage(outcome: answer.Outcome) -> dict[str, int]:
-    return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
+def _usage(outcomes: list[answer.Outcome], n: int) -> dict[str, int]:
+    """Each prompt counted once (its n choices share it), every choice's completion."""
+    prompt = sum(o.prompt_tokens for o in outcomes[::n])
+    completion = sum(o.completion_tokens for o in outcomes)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], str], json_format: bool) -> tuple[LoadedModel, prepare.Prepared]:
+async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], list[str | list[int]]],
+                   json_format: bool) -> tuple[LoadedModel, list[prepare.Prepared]]:
+    """The choices of a request: `n` per prompt, prompt by prompt; a choice after the first
+    draws with the next seed, so seeded choices differ and reproduce."""
     body.check()
 
-    def build(lm: LoadedModel) -> prepare.Prepared:
+    def build(lm: LoadedModel) -> list[prepare.Prepared]:
         settings = prepare.settings_for(lm.entry)
-        ids = prepare.encode(lm.runner, render(lm))
-        return prepare.Prepared(ids, prepare.openai_params(lm.runner, settings, body, len(ids), json_format))
+        choices = []
+        for prompt in render(lm):
+            ids = list(prompt) if isinstance(prompt, list) else prepare.encode(lm.runner, prompt)
+            params = prepare.openai_params(lm.runner, settings, body, len(ids), json_format)
+            for j in range(body.n):
+                seeded = params if j == 0 or params.seed is None else dataclasses.replace(params, seed=params.seed + j)
+                choices.append(prepare.Prepared(ids, seeded))
+        return choices
 
     lm, _, prepared = await request.app.state.manager.acquire_for(body.model, build)
     return lm, prepared
@@ -165,27 +188,33 @@ async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedMo
 def _wire(
     request: Request,
     body: _Sampling,
-    whole: Callable[[answer.Outcome], dict[str, Any]],
-    delta: Callable[[answer.Delta | None, str | None], dict[str, Any]],
-    first: dict[str, Any] | None,
+    base: dict[str, Any],
+    objects: tuple[str, str],
+    whole_choice: Callable[[int, answer.Outcome], dict[str, Any]],
+    delta_choice: Callable[[int, answer.Delta | None, str | None], dict[str, Any]],
+    opening: list[dict[str, Any]],
 ) -> answer.Wire:
-    """OpenAI's answer: `whole(outcome)` plus usage, or chunks made by `delta(piece, finish_reason)`,
-    a last chunk with the finish reason, and (with stream_options.include_usage) one with usage."""
+    """OpenAI's answer: every choice (`whole_choice`) and the usage, or chunks of one choice each
+    (`delta_choice(i, piece, finish_reason)`), each choice's last chunk with its finish reason,
+    and (with stream_options.include_usage) one chunk with the usage."""
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    whole_object, chunk_object = objects
 
-    def closing(outcome: answer.Outcome) -> list[dict[str, Any]]:
-        events = [delta(None, outcome.finish_reason)]
-        if include_usage:
-            events.append({**delta(None, None), "choices": [], "usage": _usage(outcome)})
-        return events
+    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**base, "object": chunk_object, "choices": choices}
+
+    def closing(outcomes: list[answer.Outcome]) -> list[dict[str, Any]]:
+        return [{**chunk([]), "usage": _usage(outcomes, body.n)}] if include_usage else []
 
     return answer.Wire(
-        whole=lambda outcome: {**whole(outcome), "usage": _usage(outcome)},
-        delta=lambda piece: delta(piece, None),
+        whole=lambda outcomes: {**base, "object": whole_object, "choices": [whole_choice(i, o) for i, o in enumerate(outcomes)],
+                                "usage": _usage(outcomes, body.n)},
+        delta=lambda i, piece: chunk([delta_choice(i, piece, None)]),
+        finished=lambda i, outcome: [chunk([delta_choice(i, None, outcome.finish_reason)])],
         closing=closing,
         error=lambda e: error_body(request.url.path, e),
         frame=answer.sse,
-        opening=[first] if first else [],
+        opening=[chunk([c]) for c in opening],
     )
 
 
@@ -234,49 +263,46 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         raise APIError(400, "messages must hold at least one message", param="messages")
     json_format = bool(body.response_format and body.response_format.type != "text")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    lm, prepared = await _prepare(request, body, lambda lm: prepare.settings_for(lm.entry).render(messages), json_format)
-    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    base = {"id": cid, "created": created, "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
+    lm, prepared = await _prepare(request, body, lambda lm: [prepare.settings_for(lm.entry).render(messages)], json_format)
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
+            "system_fingerprint": f"yunque-{lm.entry.short_id}"}
 
-    def whole(outcome: answer.Outcome) -> dict[str, Any]:
+    def whole(i: int, outcome: answer.Outcome) -> dict[str, Any]:
         message = {"role": "assistant", "content": outcome.text}
-        choice = {"index": 0, "message": message, "logprobs": _chat_logprobs(lm.tokenizer, outcome.logprobs), "finish_reason": outcome.finish_reason}
-        return {**base, "object": "chat.completion", "choices": [choice]}
+        return {"index": i, "message": message, "logprobs": _chat_logprobs(lm.tokenizer, outcome.logprobs), "finish_reason": outcome.finish_reason}
 
-    def delta(piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
+    def delta(i: int, piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
         d = {} if piece is None else {"content": piece.text}
         lps = _chat_logprobs(lm.tokenizer, piece.logprobs) if piece else None
-        return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": d, "logprobs": lps, "finish_reason": finish}]}
+        return {"index": i, "delta": d, "logprobs": lps, "finish_reason": finish}
 
-    first = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
-    return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
+    opening = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None} for i in range(len(prepared))]
+    wire = _wire(request, body, base, ("chat.completion", "chat.completion.chunk"), whole, delta, opening)
+    return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if len(prompts) != 1:
-        raise APIError(400, "prompt must be one string (a list of several prompts is not supported)", param="prompt")
-    prompt = prompts[0]
-    lm, prepared = await _prepare(request, body, lambda lm: prompt, False)
-    base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model, "system_fingerprint": f"yunque-{lm.entry.short_id}"}
-    echo = prompt if body.echo else ""
+    prompts = body.prompts()
+    lm, prepared = await _prepare(request, body, lambda lm: prompts, False)
+    base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
+            "system_fingerprint": f"yunque-{lm.entry.short_id}"}
+    # Echo shows each choice's prompt as text (a prompt of token ids decoded).
+    echoes = [(lm.tokenizer.decode(p) if isinstance(p, list) else p) if body.echo else "" for p in prompts for _ in range(body.n)]
+    shown = [len(e) for e in echoes]  # characters of each answer so far: where its next token's text starts
 
-    shown = [len(echo)]  # characters of the answer so far: where the next token's text starts
+    def whole(i: int, outcome: answer.Outcome) -> dict[str, Any]:
+        lps = _completion_logprobs(lm.tokenizer, outcome.logprobs, len(echoes[i]))
+        return {"index": i, "text": echoes[i] + outcome.text, "logprobs": lps, "finish_reason": outcome.finish_reason}
 
-    def whole(outcome: answer.Outcome) -> dict[str, Any]:
-        lps = _completion_logprobs(lm.tokenizer, outcome.logprobs, len(echo))
-        choice = {"index": 0, "text": echo + outcome.text, "logprobs": lps, "finish_reason": outcome.finish_reason}
-        return {**base, "object": "text_completion", "choices": [choice]}
+    def delta(i: int, piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
+        lps = _completion_logprobs(lm.tokenizer, piece.logprobs, shown[i]) if piece else None
+        shown[i] += len(piece.text) if piece else 0
+        return {"index": i, "text": piece.text if piece else "", "logprobs": lps, "finish_reason": finish}
 
-    def delta(piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
-        lps = _completion_logprobs(lm.tokenizer, piece.logprobs, shown[0]) if piece else None
-        shown[0] += len(piece.text) if piece else 0
-        choice = {"index": 0, "text": piece.text if piece else "", "logprobs": lps, "finish_reason": finish}
-        return {**base, "object": "text_completion", "choices": [choice]}
-
-    first = {**base, "object": "text_completion", "choices": [{"index": 0, "text": echo, "logprobs": None, "finish_reason": None}]} if echo else None
-    return await answer.respond(request, lm, prepared, body.stream, _wire(request, body, whole, delta, first))
+    opening = [{"index": i, "text": e, "logprobs": None, "finish_reason": None} for i, e in enumerate(echoes) if e]
+    wire = _wire(request, body, base, ("text_completion", "text_completion"), whole, delta, opening)
+    return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
 @router.post("/embeddings")
