@@ -453,3 +453,19 @@ def test_a_kv_budget_admits_what_fits_queues_the_rest_and_refuses_the_impossible
                 break
             threading.Event().wait(0.01)
         assert cancelled.done and budget.used == 0
+
+
+def test_prompt_logprobs_score_each_token_given_the_ones_before(model, monkeypatch):
+    from yunque.infer import score
+
+    ids = [5, 9, 2, 7, 7, 3, 11, 4]
+    with torch.no_grad():
+        reference = torch.log_softmax(model(torch.tensor([ids]))[0].float(), dim=-1)
+    monkeypatch.setattr(score, "_LOGITS_FLOATS", 3 * model.config.vocab_size)  # slices of 3 positions
+    got = score.prompt_logprobs(model, ids, top=2)
+    assert got[0].logprob is None and [lp.token_id for lp in got] == ids
+    for t in range(1, len(ids)):
+        assert got[t].logprob == pytest.approx(float(reference[t - 1, ids[t]]), abs=1e-4)
+        assert [i for i, _ in got[t].top] == reference[t - 1].topk(2).indices.tolist()
+    with pytest.raises(YunqueError, match="context"):
+        score.prompt_logprobs(model, [1] * (model.config.max_seq_len + 1))

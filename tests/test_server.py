@@ -383,8 +383,6 @@ def test_openai_refuses_what_it_cannot_honour_and_applies_logit_bias(ai):
         assert needle in e.value.body["message"] and e.value.body["param"] in {*extra, "logit_bias"}
     with pytest.raises(openai.BadRequestError, match="suffix"):
         ai.completions.create(model="tiny", prompt="x", suffix="y", max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="echo with logprobs"):
-        ai.completions.create(model="tiny", prompt="x", echo=True, logprobs=1, max_tokens=2)
     neutral = {"tools": [], "tool_choice": "none", "logprobs": False, "user": "u1", "metadata": {"k": "v"}, "store": False}
     assert ai.chat.completions.create(model="tiny", messages=hi, max_tokens=2, extra_body=neutral).choices[0].finish_reason
     forced = ai.completions.create(model="tiny", prompt="Simple is", max_tokens=5, temperature=1.0, logit_bias={"101": 100}, seed=3)
@@ -449,3 +447,22 @@ def test_a_client_leaving_a_stream_of_several_choices_frees_them_all(server):
         while busy(http) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert busy(http) == 0
+
+
+def test_openai_echo_logprobs_score_the_prompt_as_lm_eval_asks(ai):
+    """lm-eval's loglikelihood request: echo, logprobs, max_tokens 0 (or 1), temperature 0, a list
+    of prompts. Each choice's logprobs cover the prompt's tokens, the first without a value,
+    and match those a generation reports for the same tokens."""
+    text = "Simple is better than complex."
+    scored = ai.completions.create(model="tiny", prompt=[text, "Flat is better"], echo=True, logprobs=1, max_tokens=0, temperature=0)
+    first = scored.choices[0]
+    assert first.text == text and "".join(first.logprobs.tokens) == text and scored.usage.completion_tokens == 0
+    assert first.logprobs.token_logprobs[0] is None and first.logprobs.top_logprobs[0] is None
+    assert all(v is not None and v <= 0 for v in first.logprobs.token_logprobs[1:])
+    assert len(scored.choices) == 2 and scored.choices[1].text == "Flat is better"
+    # The prompt's next token, generated greedily, carries the logprob the scoring gives it.
+    gen = ai.completions.create(model="tiny", prompt=text, max_tokens=1, temperature=0, logprobs=1, echo=True)
+    lp = gen.choices[0].logprobs
+    assert lp.tokens[: len(first.logprobs.tokens)] == first.logprobs.tokens
+    assert lp.token_logprobs[1 : len(first.logprobs.tokens)] == pytest.approx(first.logprobs.token_logprobs[1:], abs=1e-4)
+    assert len(lp.tokens) == len(first.logprobs.tokens) + 1 and gen.choices[0].text.startswith(text)

@@ -43,7 +43,7 @@ class TokenLogprob:
     settings), with the `top` most likely alternatives as (id, logprob), most likely first."""
 
     token_id: int
-    logprob: float
+    logprob: float | None  # None for a text's first token, which nothing precedes
     top: list[tuple[int, float]] = field(default_factory=list)
 
 

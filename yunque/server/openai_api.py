@@ -8,20 +8,22 @@ with a 400 rather than silently ignored when they would change the answer.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
 import itertools
 import time
 import uuid
-from typing import Any, Callable, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from yunque.infer.batch import TokenLogprob
+from yunque.infer.score import prompt_logprobs
 from yunque.store import entries as store
 from yunque.server import answer, prepare
 from yunque.server.errors import APIError, error_body
@@ -135,8 +137,6 @@ class CompletionRequest(_Sampling):
         super().check()
         if self.suffix:
             raise APIError(400, "suffix (text to insert before) is not supported; send the request without 'suffix'", param="suffix")
-        if self.echo and self.logprobs is not None:
-            raise APIError(400, "echo with logprobs (the prompt's log probabilities) is not supported yet; ask for one of them", param="logprobs")
 
     def logprobs_asked(self) -> int | None:
         return self.logprobs
@@ -238,7 +238,7 @@ def _completion_logprobs(tokenizer: Any, logprobs: list[TokenLogprob] | None, of
         return None
     tokens = [tokenizer.token_bytes(lp.token_id).decode("utf-8", errors="replace") for lp in logprobs]
     offsets = list(itertools.accumulate((len(t) for t in tokens[:-1]), initial=offset)) if tokens else []
-    tops = [{tokenizer.token_bytes(t).decode("utf-8", errors="replace"): v for t, v in lp.top} for lp in logprobs]
+    tops = [None if lp.logprob is None else {tokenizer.token_bytes(t).decode("utf-8", errors="replace"): v for t, v in lp.top} for lp in logprobs]
     return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in logprobs], "top_logprobs": tops, "text_offset": offsets}
 
 
@@ -281,18 +281,63 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
+async def _score(request: Request, lm: LoadedModel, prompts: list[str | list[int]], top: int) -> list[tuple[list[int], list[TokenLogprob]]]:
+    """Each prompt's ids and their log probabilities (one forward each, in a worker thread)."""
+
+    def work() -> list[tuple[list[int], list[TokenLogprob]]]:
+        out = []
+        for prompt in prompts:
+            ids = list(prompt) if isinstance(prompt, list) else prepare.encode(lm.runner, prompt)
+            out.append((ids, prompt_logprobs(lm.runner.model, ids, top, lm.tokenizer.vocab_size)))
+        return out
+
+    return await asyncio.to_thread(work)
+
+
+async def _score_only(request: Request, body: CompletionRequest, prompts: list[str | list[int]]) -> Response:
+    """echo with max_tokens 0: no generation, the prompts' own log probabilities (what lm-eval's
+    loglikelihood requests ask), one choice per prompt and n."""
+    body.check()
+    manager = request.app.state.manager
+    lm, _ = await manager.acquire(body.model)
+    try:
+        scored = await _score(request, lm, prompts, body.logprobs or 0)
+    finally:
+        manager.release(lm)
+    choices = []
+    for ids, lps in scored:
+        text = lm.tokenizer.decode(ids)
+        logprobs = _completion_logprobs(lm.tokenizer, lps, 0) if body.logprobs is not None else None
+        choices += [{"index": len(choices) + j, "text": text, "logprobs": logprobs, "finish_reason": "length"} for j in range(body.n)]
+    n_prompt = sum(len(ids) for ids, _ in scored)
+    answer_body = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()), "model": body.model,
+                   "system_fingerprint": f"yunque-{lm.entry.short_id}", "choices": choices,
+                   "usage": {"prompt_tokens": n_prompt, "completion_tokens": 0, "total_tokens": n_prompt}}
+    if body.stream:
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield answer_body
+
+        return answer.sse(one())
+    return JSONResponse(answer_body)
+
+
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     prompts = body.prompts()
+    if body.echo and body.max_tokens == 0:
+        return await _score_only(request, body, prompts)
     lm, prepared = await _prepare(request, body, lambda lm: prompts, False)
     base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": body.model,
             "system_fingerprint": f"yunque-{lm.entry.short_id}"}
     # Echo shows each choice's prompt as text (a prompt of token ids decoded).
     echoes = [(lm.tokenizer.decode(p) if isinstance(p, list) else p) if body.echo else "" for p in prompts for _ in range(body.n)]
     shown = [len(e) for e in echoes]  # characters of each answer so far: where its next token's text starts
+    # echo with logprobs: the prompt's own tokens come first in each choice's logprobs.
+    scored = [lps for _, lps in await _score(request, lm, prompts, body.logprobs or 0) for _ in range(body.n)] \
+        if body.echo and body.logprobs is not None else [[] for _ in echoes]
 
     def whole(i: int, outcome: answer.Outcome) -> dict[str, Any]:
-        lps = _completion_logprobs(lm.tokenizer, outcome.logprobs, len(echoes[i]))
+        lps = _completion_logprobs(lm.tokenizer, scored[i] + outcome.logprobs if outcome.logprobs is not None else None, 0 if scored[i] else len(echoes[i]))
         return {"index": i, "text": echoes[i] + outcome.text, "logprobs": lps, "finish_reason": outcome.finish_reason}
 
     def delta(i: int, piece: answer.Delta | None, finish: str | None) -> dict[str, Any]:
@@ -300,7 +345,8 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         shown[i] += len(piece.text) if piece else 0
         return {"index": i, "text": piece.text if piece else "", "logprobs": lps, "finish_reason": finish}
 
-    opening = [{"index": i, "text": e, "logprobs": None, "finish_reason": None} for i, e in enumerate(echoes) if e]
+    opening = [{"index": i, "text": e, "logprobs": _completion_logprobs(lm.tokenizer, scored[i], 0) if scored[i] else None, "finish_reason": None}
+               for i, e in enumerate(echoes) if e]
     wire = _wire(request, body, base, ("text_completion", "text_completion"), whole, delta, opening)
     return await answer.respond(request, lm, prepared, body.stream, wire)
 
