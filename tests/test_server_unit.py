@@ -452,6 +452,12 @@ def test_a_model_whose_weights_cannot_fit_is_refused_with_the_numbers_before_loa
         load_runner(entry)
     weights = entry.details["parameter_count"] * 4  # float32 on a CPU
     assert e.value.status == 507 and f"{weights / 2**10:.1f} KiB for its weights but 1000 bytes of memory is free" in e.value.message
+    # Free memory that holds the weights but not also the KV cache the budget may still hand out.
+    from yunque.infer.budget import KVBudget
+
+    monkeypatch.setattr(device, "available_memory", lambda kind: weights + 2**20)
+    with pytest.raises(APIError, match=r"beside the 2.0 MiB of KV cache the budget may still use; .*lower --kv-budget"):
+        load_runner(entry, kv_budget=KVBudget(2 * 2**20))
 
 
 def test_requests_without_num_ctx_get_the_servers_default_context(tmp_path, monkeypatch):

@@ -52,21 +52,25 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     tokenizer = Tokenizer.from_pretrained(entry.path)
     device = device_kind()
     dtype = inference_dtype(device)
-    check_fits(str(entry.name), int(entry.details.get("parameter_count") or 0) * dtype.itemsize, available_memory(device))
+    weights = int(entry.details.get("parameter_count") or 0) * dtype.itemsize
+    check_fits(str(entry.name), weights, available_memory(device), kv_budget.total - kv_budget.used if kv_budget else 0)
     model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, kv_budget=kv_budget)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device, default_context)
 
 
-def check_fits(name: str, weights: int, available: int | None) -> None:
-    """Refuse, with the numbers, a model whose weights would not fit in the memory free now (the
-    alternative is the operating system killing the server mid-load)."""
+def check_fits(name: str, weights: int, available: int | None, kv_to_come: int = 0) -> None:
+    """Refuse, with the numbers, a model whose weights would not fit in the memory free now beside
+    the KV cache the budget may still hand out (`kv_to_come`); the alternative is the operating
+    system killing the server mid-load or mid-answer."""
     from yunque.infer.budget import human_bytes
 
-    if available is not None and weights > available:
-        raise APIError(
-            507,
-            f"{name} needs about {human_bytes(weights)} for its weights but {human_bytes(available)} of memory is free; "
-            "unload other models (yunque stop), free memory, or use a smaller model",
-        )
+    if available is None or weights <= available - kv_to_come:
+        return
+    kv = f" beside the {human_bytes(kv_to_come)} of KV cache the budget may still use" if kv_to_come else ""
+    raise APIError(
+        507,
+        f"{name} needs about {human_bytes(weights)} for its weights but {human_bytes(available)} of memory is free{kv}; "
+        "unload other models (yunque stop), free memory, lower --kv-budget, or use a smaller model",
+    )
