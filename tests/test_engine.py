@@ -435,15 +435,15 @@ def test_a_kv_budget_admits_what_fits_queues_the_rest_and_refuses_the_impossible
     expected = [naive_greedy(model, p, 20) for p in prompts]
     with Engine(model, max_batch=4, kv_budget=budget) as engine:
         handles = [engine.submit(p, temperature=0, max_new_tokens=20, stop_token_ids=[]) for p in prompts]
-        results, peak = [], 0
+        results, most_active = [], 0
         for h in handles:
             tokens = []
             for chunk in h:
                 tokens += chunk.token_ids
-                peak = max(peak, budget.used, engine.active * 30 * per_position)
+                most_active = max(most_active, engine.active)
             results.append(tokens)
-        assert results == expected and peak <= budget.total and budget.used == 0
-        assert max(h.result.queued_seconds for h in handles) > 0  # the later ones waited for memory
+        # Four slots, but memory for two: never more than two decode at once, and all five finish.
+        assert results == expected and most_active == 2 and budget.used == 0
         with pytest.raises(YunqueError, match=r"KV cache, more than the server's budget of .* --kv-budget"):
             engine.submit(list(range(10)), temperature=0, max_new_tokens=60, stop_token_ids=[])
         cancelled = engine.submit(prompts[0], temperature=0, max_new_tokens=20, stop_token_ids=[])

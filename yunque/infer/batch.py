@@ -392,20 +392,24 @@ class Batch:
             self.remove(req, "cancelled")
 
 
+def token_logprobs(logits: Tensor, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
+    """Row i's log-softmax at `tokens[i]`, with its `top` likeliest ids and their log probabilities."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logp.gather(1, torch.tensor(list(tokens), device=logp.device)[:, None]).squeeze(1).tolist()
+    values, indices = logp.topk(top, dim=-1) if top else (logp[:, :0], logp[:, :0].long())
+    return [TokenLogprob(t, lp, list(zip(ti, tv))) for t, lp, ti, tv in zip(tokens, chosen, indices.tolist(), values.tolist())]
+
+
 def _attach_logprobs(raw: Tensor, reqs: list[Request], tokens: list[int | None]) -> None:
     """Set `step_logprob` of the requests that asked for log probabilities, from the raw logits
     of their rows (one log-softmax and top-k over those rows only)."""
     rows = [row for row, (req, t) in enumerate(zip(reqs, tokens)) if req.logprobs is not None and t is not None]
     if not rows:
         return
-    logp = torch.log_softmax(raw[rows].float(), dim=-1)
-    k = max(reqs[row].params.logprobs for row in rows)
-    top_lp, top_ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
-    chosen = logp.gather(1, torch.tensor([[tokens[row]] for row in rows], device=logp.device)).squeeze(1).tolist()
-    top_lp, top_ids = top_lp.tolist(), top_ids.tolist()
-    for i, row in enumerate(rows):
-        n = reqs[row].params.logprobs
-        reqs[row].step_logprob = TokenLogprob(tokens[row], chosen[i], list(zip(top_ids[i][:n], top_lp[i][:n])))
+    found = token_logprobs(raw[rows], [tokens[row] for row in rows], max(reqs[row].params.logprobs for row in rows))
+    for row, lp in zip(rows, found):
+        lp.top = lp.top[: reqs[row].params.logprobs]
+        reqs[row].step_logprob = lp
 
 
 class _NoToken(Exception):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from yunque.errors import YunqueError
-from yunque.infer.batch import TokenLogprob
+from yunque.infer.batch import TokenLogprob, token_logprobs
 from yunque.model.transformer import Transformer
 
 _LOGITS_FLOATS = 1 << 24  # positions x vocabulary per slice of the LM head (64 MB of float32)
@@ -34,10 +34,5 @@ def prompt_logprobs(model: Transformer, ids: Sequence[int], top: int = 0, vocab:
     step = max(1, _LOGITS_FLOATS // width)
     for start in range(0, len(ids) - 1, step):
         stop = min(start + step, len(ids) - 1)
-        logp = torch.log_softmax(model.lm_head(hidden[start:stop]).float()[:, :width], dim=-1)
-        following = torch.tensor(ids[start + 1 : stop + 1], device=device)
-        chosen = logp.gather(1, following[:, None]).squeeze(1).tolist()
-        values, indices = (logp.topk(top, dim=-1) if top else (logp[:, :0], logp[:, :0].long()))
-        for token, lp, ti, tv in zip(ids[start + 1 : stop + 1], chosen, indices.tolist(), values.tolist()):
-            out.append(TokenLogprob(token, lp, list(zip(ti, tv))))
+        out += token_logprobs(model.lm_head(hidden[start:stop])[:, :width], ids[start + 1 : stop + 1], top)
     return out

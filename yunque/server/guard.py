@@ -13,7 +13,6 @@ limited to `YUNQUE_MAX_BODY` bytes (413). CORS preflights from allowed origins a
 from __future__ import annotations
 
 import fnmatch
-import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -34,15 +33,6 @@ def _hostname(authority: str) -> str:
     return (urlsplit("//" + authority).hostname or "").lower()
 
 
-def _is_loopback_name(name: str) -> bool:
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 @dataclass(frozen=True)
 class Policy:
     """The allow-lists and the body limit of one server."""
@@ -56,13 +46,13 @@ class Policy:
         if not host:
             return True  # HTTP/1.0 without Host: nothing to rebind
         name = _hostname(host)
-        if _is_loopback_name(name) or name in self.hosts:
+        if is_loopback(name) or name in self.hosts:
             return True
         return not self.loopback_bind and not self.hosts
 
     def origin_allowed(self, origin: str, host: str | None) -> bool:
         parts = urlsplit(origin)
-        if parts.scheme in ("http", "https") and _is_loopback_name(parts.hostname or ""):
+        if parts.scheme in ("http", "https") and is_loopback(parts.hostname or ""):
             return True
         if not self.loopback_bind and host and parts.netloc.lower() == host.lower():
             return True  # same origin: the web chat served from this public address

@@ -338,7 +338,7 @@ async def ps(request: Request) -> dict[str, Any]:
     out = []
     for lm in _manager(request).running():
         expires = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if math.isinf(lm.expires_at) else dt.datetime.fromtimestamp(lm.expires_at, dt.timezone.utc)
-        kv_bytes = getattr(lm.runner.scheduler, "kv_bytes", 0)
+        kv_bytes = lm.runner.scheduler.kv_bytes
         size = lm.runner.size + kv_bytes  # weights and KV in use, as Ollama's size counts both
         out.append(
             {

@@ -281,17 +281,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     return await answer.respond(request, lm, prepared, body.stream, wire)
 
 
-async def _score(request: Request, lm: LoadedModel, prompts: list[str | list[int]], top: int) -> list[tuple[list[int], list[TokenLogprob]]]:
-    """Each prompt's ids and their log probabilities (one forward each, in a worker thread)."""
-
-    def work() -> list[tuple[list[int], list[TokenLogprob]]]:
-        out = []
-        for prompt in prompts:
-            ids = list(prompt) if isinstance(prompt, list) else prepare.encode(lm.runner, prompt)
-            out.append((ids, prompt_logprobs(lm.runner.model, ids, top, lm.tokenizer.vocab_size)))
-        return out
-
-    return await asyncio.to_thread(work)
+async def _score(lm: LoadedModel, prompts: list[list[int]], top: int) -> list[list[TokenLogprob]]:
+    """Each prompt's token log probabilities (one forward each, in a worker thread)."""
+    return await asyncio.to_thread(lambda: [prompt_logprobs(lm.runner.model, ids, top, lm.tokenizer.vocab_size) for ids in prompts])
 
 
 async def _score_only(request: Request, body: CompletionRequest, prompts: list[str | list[int]]) -> Response:
@@ -301,7 +293,8 @@ async def _score_only(request: Request, body: CompletionRequest, prompts: list[s
     manager = request.app.state.manager
     lm, _ = await manager.acquire(body.model)
     try:
-        scored = await _score(request, lm, prompts, body.logprobs or 0)
+        encoded = await asyncio.to_thread(lambda: [list(p) if isinstance(p, list) else prepare.encode(lm.runner, p) for p in prompts])
+        scored = list(zip(encoded, await _score(lm, encoded, body.logprobs or 0)))
     finally:
         manager.release(lm)
     choices = []
@@ -333,7 +326,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     echoes = [(lm.tokenizer.decode(p) if isinstance(p, list) else p) if body.echo else "" for p in prompts for _ in range(body.n)]
     shown = [len(e) for e in echoes]  # characters of each answer so far: where its next token's text starts
     # echo with logprobs: the prompt's own tokens come first in each choice's logprobs.
-    scored = [lps for _, lps in await _score(request, lm, prompts, body.logprobs or 0) for _ in range(body.n)] \
+    scored = [lps for lps in await _score(lm, [p.ids for p in prepared[:: body.n]], body.logprobs or 0) for _ in range(body.n)] \
         if body.echo and body.logprobs is not None else [[] for _ in echoes]
 
     def whole(i: int, outcome: answer.Outcome) -> dict[str, Any]:

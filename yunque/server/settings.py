@@ -68,7 +68,8 @@ def base_url(host: str, port: int) -> str:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """A loopback address or name: 127.0.0.0/8, ::1, localhost and its subdomains."""
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
