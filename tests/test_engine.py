@@ -426,26 +426,33 @@ def test_a_128k_context_engine_commits_kv_memory_only_for_the_tokens_in_use(shar
     assert all(h.result.generated_tokens == 40 for h in handles)
 
 
-def test_a_kv_budget_admits_what_fits_queues_the_rest_and_refuses_the_impossible(model):
-    from yunque.infer.budget import KVBudget
+def test_a_kv_budget_holds_blocks_for_the_tokens_in_use_and_preempts_when_they_run_out(model):
+    """Requests hold blocks of 16 positions for what they have written, so more run at once than
+    their worst case allows; when the blocks run out the latest to arrive is preempted and
+    prefilled again later, and every answer (greedy, seeded, with penalties) equals the one it
+    gets alone. What could never fit is refused; cancelling gives everything back."""
+    from yunque.infer.budget import BLOCK, KVBudget
 
     per_position = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim * 4
-    budget = KVBudget(2 * 30 * per_position)  # two requests of 10 prompt + 20 new tokens at a time
-    prompts = [list(range(3 + i, 13 + i)) for i in range(5)]
-    expected = [naive_greedy(model, p, 20) for p in prompts]
-    with Engine(model, max_batch=4, kv_budget=budget) as engine:
-        handles = [engine.submit(p, temperature=0, max_new_tokens=20, stop_token_ids=[]) for p in prompts]
-        results, most_active = [], 0
+    budget = KVBudget(5 * BLOCK * per_position)  # five blocks; each request ends at 10 + 30 positions = 3 blocks
+    prompts = [list(range(3 + i, 13 + i)) for i in range(6)]
+    params = MIXED + MIXED[:2]
+    expected = [list(generate_ids(model, p, max_new_tokens=30, stop_token_ids=[], **s)) for p, s in zip(prompts, params)]
+    with Engine(model, max_batch=6, kv_budget=budget) as engine:
+        handles = [engine.submit(p, max_new_tokens=30, stop_token_ids=[], **s) for p, s in zip(prompts, params)]
+        results, most_active, most_blocks = [], 0, 0
         for h in handles:
             tokens = []
             for chunk in h:
                 tokens += chunk.token_ids
-                most_active = max(most_active, engine.active)
+                most_active, most_blocks = max(most_active, engine.active), max(most_blocks, engine.kv_blocks_used)
             results.append(tokens)
-        # Four slots, but memory for two: never more than two decode at once, and all five finish.
-        assert results == expected and most_active == 2 and budget.used == 0
+        # Reserving the worst case (3 blocks each) would run one at a time; by use, three start.
+        assert results == expected and most_active >= 3 and most_blocks <= 5
+        assert sum(h.request.preemptions for h in handles) > 0 and budget.used == 0
+        assert engine.kv_blocks_total == 5 and engine.kv_blocks_used == 0
         with pytest.raises(YunqueError, match=r"KV cache, more than the server's budget of .* --kv-budget"):
-            engine.submit(list(range(10)), temperature=0, max_new_tokens=60, stop_token_ids=[])
+            engine.submit(list(range(10)), temperature=0, max_new_tokens=90, stop_token_ids=[])
         cancelled = engine.submit(prompts[0], temperature=0, max_new_tokens=20, stop_token_ids=[])
         cancelled.cancel()
         for _ in range(500):  # cancelling is seen by the engine thread between two steps

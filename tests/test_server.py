@@ -315,7 +315,7 @@ def test_cli_run_ps_stop_through_the_server(server):
     r = _cli(server, "run", "tiny", "Say something")
     assert r.returncode == 0 and r.stdout.strip() and "in this process" not in r.stderr
     ps = _cli(server, "ps")
-    assert ps.returncode == 0 and "tiny:latest" in ps.stdout
+    assert ps.returncode == 0 and "tiny:latest" in ps.stdout and "KV BLOCKS" in ps.stdout
     stop = _cli(server, "stop", "tiny")
     assert stop.returncode == 0
     assert httpx.get(server.url + "/api/ps").json()["models"] == []

@@ -142,3 +142,4 @@ def test_a_kv_budget_refuses_what_could_never_fit_and_serves_the_rest(http):
     assert r.status_code == 200 and r.json()["eval_count"] >= 1
     [loaded] = http.get("/api/ps").json()["models"]
     assert loaded["kv_bytes"] == 0 and loaded["size"] > 0  # nothing decoding now
+    assert loaded["kv_blocks_used"] == 0 and loaded["kv_blocks_total"] == 100 * 1024 // (16 * 512)

@@ -67,9 +67,11 @@ def ps_cmd() -> None:
 
     from yunque.cli.client import Client
 
-    table = Table("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", box=None)
+    table = Table("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "KV BLOCKS", "UNTIL", box=None)
     for m in Client().ps():
-        table.add_row(m["name"], m["digest"][:12], f"{m['size'] / 1e6:.1f} MB", "GPU" if m.get("size_vram") else "CPU", str(m.get("context_length", "")), m["expires_at"][:19].replace("T", " "))
+        blocks = f"{m['kv_blocks_used']}/{m['kv_blocks_total']}" if "kv_blocks_used" in m else ""
+        table.add_row(m["name"], m["digest"][:12], f"{m['size'] / 1e6:.1f} MB", "GPU" if m.get("size_vram") else "CPU",
+                      str(m.get("context_length", "")), blocks, m["expires_at"][:19].replace("T", " "))
     console.print(table)
 
 

@@ -104,10 +104,17 @@ class Request:
         self.on_error: Callable[[BaseException], None] | None = None
         self.error: YunqueError | None = None  # why this request alone failed (its sampling), if it did
         self.budget: KVBudget | None = None  # the budget its KV reservation came from, while it holds one
-        self.kv_reserved = 0
+        self.kv_reserved = 0  # bytes: whole blocks covering the positions it has written (or will, next step)
+        self.preemptions = 0  # times it left its slot for memory and was prefilled again later
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.step_logprob: TokenLogprob | None = None  # the last sampled token's, until it is emitted
         self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
+
+    @property
+    def context_ids(self) -> list[int]:
+        """What its cache row must hold to go on: the prompt and every token generated so far (the
+        last one not yet fed). A preempted request is prefilled with these again, and samples on."""
+        return self.prompt_ids + self.generated if self.generated else self.prompt_ids
 
     def release_kv(self) -> None:
         """Give the KV reservation back to its budget (once; the request has left its batch)."""
@@ -201,11 +208,12 @@ class Batch:
     def _prefill(self, group: list[Request]) -> None:
         lo, n = len(self.active), len(group)
         t_start = time.perf_counter()
-        lengths = [len(r.prompt_ids) for r in group]
+        contexts = [r.context_ids for r in group]
+        lengths = [len(c) for c in contexts]
         ids = torch.zeros(n, max(lengths), dtype=torch.long)
         for row, req in enumerate(group):
-            req.t_start = t_start
-            ids[row, : lengths[row]] = torch.tensor(req.prompt_ids)
+            req.t_start = req.t_start or t_start  # a preempted request keeps its first start
+            ids[row, : lengths[row]] = torch.tensor(contexts[row])
             req.cached = lengths[row]
         ids = ids.to(self.device)
         # Chunks bound one forward's work (rows x chunk) for long prompts or big vocabularies.
@@ -223,20 +231,30 @@ class Batch:
         self.pos[lo : lo + n] = torch.tensor(lengths, device=self.device)
         self.active.extend(group)
         self._sampling = None
-        if any(r.params.has_penalties for r in group):
-            if self.seen is None:
-                self.seen = torch.zeros(self.n_slots, self.sample_vocab, dtype=torch.bool, device=self.device)
-                self.counts = torch.zeros(self.n_slots, self.sample_vocab, device=self.device)
-            self.seen[lo : lo + n] = False
-            self.counts[lo : lo + n] = 0
-            for row, length in enumerate(lengths):
-                prompt = ids[row, :length]
-                self.seen[lo + row, prompt[prompt < self.sample_vocab]] = True
+        self._penalty_state(group, ids, lengths, lo)
         tokens = self._sample(last, lo, lo + n)
         t_done = time.perf_counter()
         for req in group:
-            req.t_prefill = t_done
+            req.t_prefill = req.t_prefill or t_done
         self._emit(group, tokens)
+
+    def _penalty_state(self, group: list[Request], ids: Tensor, lengths: list[int], lo: int) -> None:
+        """Rows lo.. of the penalties' state for a prefilled group: seen = the context so far,
+        counts = the generated tokens (non-zero only for a preempted request prefilled again)."""
+        if not any(r.params.has_penalties for r in group):
+            return
+        if self.seen is None:
+            self.seen = torch.zeros(self.n_slots, self.sample_vocab, dtype=torch.bool, device=self.device)
+            self.counts = torch.zeros(self.n_slots, self.sample_vocab, device=self.device)
+        n = len(group)
+        self.seen[lo : lo + n] = False
+        self.counts[lo : lo + n] = 0
+        for row, (req, length) in enumerate(zip(group, lengths)):
+            context = ids[row, :length]
+            self.seen[lo + row, context[context < self.sample_vocab]] = True
+            if req.generated:
+                generated = torch.tensor(req.generated, device=self.device)
+                self.counts[lo + row].index_add_(0, generated, torch.ones_like(generated, dtype=self.counts.dtype))
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -359,6 +377,20 @@ class Batch:
 
     def remove(self, req: Request, reason: str) -> None:
         """Free `req`'s slot (moving the last active request into it) and report its result."""
+        self._vacate(req)
+        if reason == "error" and req.error is not None:
+            req.fail(req.error)
+        else:
+            req.finish(reason)
+
+    def preempt(self, req: Request) -> None:
+        """Take `req` out of its slot to free its memory, without ending it: its KV reservation goes
+        back, and `add` prefills its context again later (vLLM's recompute preemption)."""
+        self._vacate(req)
+        req.release_kv()
+        req.preemptions += 1
+
+    def _vacate(self, req: Request) -> None:
         slot = self.active.index(req)
         last = len(self.active) - 1
         if slot != last:
@@ -375,10 +407,6 @@ class Batch:
         self.cache.release(last)  # the row that is free now gives its memory back
         self.active.pop()
         self._sampling = None
-        if reason == "error" and req.error is not None:
-            req.fail(req.error)
-        else:
-            req.finish(reason)
 
     def reset(self) -> list[Request]:
         """Empty every slot without reporting results (after a failed step); returns who was there."""
@@ -422,11 +450,11 @@ _LOGITS_BUDGET = 1 << 25  # rows x tokens x vocab per prefill forward
 def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
     """Groups to prefill together: longest first, a group grows while padding stays under a third of it."""
     groups: list[list[Request]] = []
-    for req in sorted(reqs, key=lambda r: -len(r.prompt_ids)):
+    for req in sorted(reqs, key=lambda r: -len(r.context_ids)):
         group = groups[-1] if groups else None
         if group is not None:
-            longest = len(group[0].prompt_ids)
-            real = sum(len(r.prompt_ids) for r in group) + len(req.prompt_ids)
+            longest = len(group[0].context_ids)
+            real = sum(len(r.context_ids) for r in group) + len(req.context_ids)
             if (len(group) + 1) * longest * 2 <= real * 3:
                 group.append(req)
                 continue

@@ -1,7 +1,10 @@
-"""A KV memory budget shared by the engines of one server: a request is admitted only when the
-cache positions it may fill (prompt plus max_new_tokens, within the context) fit, so memory
-cannot run out mid-answer; it waits otherwise, and a request larger than the whole budget
-is refused with the numbers. Engines run in their own threads, so the counter is locked.
+"""A KV memory budget shared by the engines of one server, counted in blocks of `BLOCK` positions.
+
+A request holds blocks for the positions it has written (prompt plus the tokens generated so
+far) and takes one more block each time it crosses a block boundary, as vLLM's paged cache
+does, so memory follows use rather than the worst case. Requests larger than the whole
+budget are refused at submission with the numbers. Engines run in their own threads, so the
+counter is locked.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ def human_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}" if unit == "GiB" else f"{n / scale:.1f} {unit}"
     return f"{int(n)} bytes"
+
+
+BLOCK = 16  # positions per block: one 4 KiB page of a 64-wide float32 head in the lazily committed cache
+
+
+def blocks(positions: int) -> int:
+    """How many blocks hold `positions` cache positions."""
+    return -(-positions // BLOCK)
 
 
 class KVBudget:
@@ -37,9 +48,10 @@ class KVBudget:
                 "ask for fewer tokens (num_predict / max_tokens, num_ctx) or start the server with a larger --kv-budget."
             )
 
-    def try_reserve(self, need: int) -> bool:
+    def try_reserve(self, need: int, headroom: int = 0) -> bool:
+        """Take `need` bytes if they fit with `headroom` bytes still free afterwards."""
         with self._lock:
-            if self.used + need > self.total:
+            if self.used + need + headroom > self.total:
                 return False
             self.used += need
             return True

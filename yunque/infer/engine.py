@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from yunque.infer.budget import KVBudget
+from yunque.infer.budget import BLOCK, KVBudget, blocks
 from yunque.infer.batch import Batch, Chunk, GenerationResult, QueueFullError, Request, make_request
 from yunque.errors import YunqueError
 from yunque.model.transformer import Transformer
@@ -159,7 +159,8 @@ class Engine:
         self.context = max_len or model.config.max_seq_len
         self._batch = Batch(model, max_batch, self.context, tokenizer)
         self.kv_budget = kv_budget
-        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self.block_bytes = BLOCK * self._batch.cache.bytes_per_position()
+        self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._cancel_all = False
@@ -180,14 +181,14 @@ class Engine:
                 raise YunqueError("The engine has been shut down; create a new one.")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"The engine is busy ({self.max_queue} requests already waiting); try again shortly.")
-            self._waiting.append(handle)
+            self._waiting.append(handle.request)
             self._cond.notify_all()
         return handle
 
     def _cancel(self, handle: RequestHandle) -> None:
         with self._cond:
-            if handle in self._waiting:
-                self._waiting.remove(handle)
+            if handle.request in self._waiting:
+                self._waiting.remove(handle.request)
                 handle.request.finish("cancelled")
             else:
                 handle.request.cancelled = True
@@ -208,14 +209,26 @@ class Engine:
         """KV cache memory in use now: the positions the decoding requests have written."""
         return self._batch.kv_bytes
 
+    @property
+    def kv_blocks_used(self) -> int:
+        """Blocks of `BLOCK` positions the decoding requests hold (reserved: written, or next to be)."""
+        return sum(max(r.kv_reserved // self.block_bytes, blocks(r.cached)) for r in self._batch.active)
+
+    @property
+    def kv_blocks_total(self) -> int:
+        """Blocks this engine could hold: its share of the budget if it has one, else every slot's whole context."""
+        if self.kv_budget is not None:
+            return self.kv_budget.total // self.block_bytes
+        return self._batch.n_slots * blocks(self.context)
+
     def shutdown(self, cancel: bool = True) -> None:
         """Stop the thread: with `cancel`, running and waiting requests end as `cancelled`; else they finish first."""
         with self._cond:
             self._closed = True
             if cancel:
                 self._cancel_all = True  # the engine thread flags what it is running
-                for handle in self._waiting:
-                    handle.request.finish("cancelled")
+                for req in self._waiting:
+                    req.finish("cancelled")
                 self._waiting.clear()
             self._cond.notify_all()
         self._thread.join()
@@ -228,22 +241,46 @@ class Engine:
 
     # ------------------------------------------------------------------ engine thread
     def _kv_need(self, req: Request) -> int:
-        """The KV memory `req` may fill: every position up to its prompt plus max_new_tokens."""
-        positions = min(self.context, len(req.prompt_ids) + req.params.max_new_tokens)
-        return positions * self._batch.cache.bytes_per_position()
+        """The most KV memory `req` may come to hold: blocks for its prompt plus max_new_tokens."""
+        return blocks(min(self.context, len(req.prompt_ids) + req.params.max_new_tokens)) * self.block_bytes
 
-    def _admit(self) -> list[RequestHandle]:
-        """Waiting requests, in order, for the free slots, while their KV reservations fit the budget."""
-        admit: list[RequestHandle] = []
+    def _admit(self) -> list[Request]:
+        """Waiting requests, in order, for the free slots, while the blocks of their context (and the
+        position after it) fit the budget with a block to spare for every decoding request's next step."""
+        admit: list[Request] = []
         while self._waiting and len(admit) < self._batch.free_slots:
-            req = self._waiting[0].request
+            req = self._waiting[0]
+            if req.cancelled:  # cancelled while it waited after a preemption
+                self._waiting.popleft().finish("cancelled")
+                continue
             if self.kv_budget is not None:
-                need = self._kv_need(req)
-                if not self.kv_budget.try_reserve(need):
+                need = blocks(len(req.context_ids) + 1) * self.block_bytes
+                headroom = (len(self._batch.active) + len(admit)) * self.block_bytes
+                if not self.kv_budget.try_reserve(need, headroom):
                     break  # the oldest request waits for memory; the ones behind it wait their turn
                 req.budget, req.kv_reserved = self.kv_budget, need
             admit.append(self._waiting.popleft())
         return admit
+
+    def _grow(self) -> list[Request]:
+        """Give every decoding request a block for its next position where it crosses into a new one;
+        when the budget has none, preempt the latest to arrive (it is prefilled again when memory
+        frees, as vLLM does), down to the request itself. Returns the preempted, oldest first."""
+        if self.kv_budget is None:
+            return []
+        preempted: list[Request] = []
+        for req in list(self._batch.active):  # admission order, but for the row moves of earlier departures
+            if req in preempted or (req.cached + 1) * self._batch.cache.bytes_per_position() <= req.kv_reserved:
+                continue
+            while not self.kv_budget.try_reserve(self.block_bytes):
+                victim = max(self._batch.active, key=lambda r: r.t_submit)
+                self._batch.preempt(victim)
+                preempted.append(victim)
+                if victim is req:
+                    break
+            else:
+                req.kv_reserved += self.block_bytes
+        return sorted(preempted, key=lambda r: r.t_submit)
 
     def _run(self) -> None:
         batch = self._batch
@@ -260,10 +297,16 @@ class Engine:
                 if self._cancel_all:
                     for req in batch.active:
                         req.cancelled = True
+            preempted: list[Request] = []
             try:
                 batch.cancel_flagged()
-                batch.add(*[handle.request for handle in admit])
+                batch.add(*admit)
+                preempted = self._grow()
                 batch.step()
             except Exception as e:  # a bug, not a user mistake: fail the requests it touched, keep serving
-                for req in {id(r): r for r in [h.request for h in admit] + batch.reset()}.values():
+                for req in {id(r): r for r in admit + preempted + batch.reset()}.values():
                     req.fail(e)
+                continue
+            if preempted:
+                with self._cond:
+                    self._waiting.extendleft(reversed(preempted))  # first in line again, oldest first

@@ -338,7 +338,8 @@ async def ps(request: Request) -> dict[str, Any]:
     out = []
     for lm in _manager(request).running():
         expires = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if math.isinf(lm.expires_at) else dt.datetime.fromtimestamp(lm.expires_at, dt.timezone.utc)
-        kv_bytes = lm.runner.scheduler.kv_bytes
+        engine = lm.runner.scheduler
+        kv_bytes = engine.kv_bytes
         size = lm.runner.size + kv_bytes  # weights and KV in use, as Ollama's size counts both
         out.append(
             {
@@ -349,7 +350,9 @@ async def ps(request: Request) -> dict[str, Any]:
                 "context_length": lm.runner.context_length,
                 # yunque's additions (clients ignore them): the scheduler's load and KV memory right now.
                 "kv_bytes": kv_bytes,
-                "requests": {"running": lm.runner.scheduler.active, "waiting": lm.runner.scheduler.waiting},
+                "kv_blocks_used": engine.kv_blocks_used,
+                "kv_blocks_total": engine.kv_blocks_total,
+                "requests": {"running": engine.active, "waiting": engine.waiting},
             }
         )
     return {"models": out}
