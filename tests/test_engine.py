@@ -421,7 +421,9 @@ def test_a_128k_context_engine_commits_kv_memory_only_for_the_tokens_in_use(shar
         for h in handles:
             for _ in h:
                 seen.append((engine.kv_bytes, _rss() - before))
-        assert max(kv for kv, _ in seen) <= 16 * 340 * per_position and engine.kv_bytes == 0
+        assert max(kv for kv, _ in seen) <= 16 * 340 * per_position
+        # What stays is the prompt cache: each finished row, parked for a prompt that starts the same way.
+        assert engine.kv_bytes == 16 * 339 * per_position and engine.kv_blocks_used == engine.kv_blocks_cached == 16 * 22
         assert max(rss for _, rss in seen) < 512 * 2**20, max(rss for _, rss in seen)
     assert all(h.result.generated_tokens == 40 for h in handles)
 
@@ -449,8 +451,11 @@ def test_a_kv_budget_holds_blocks_for_the_tokens_in_use_and_preempts_when_they_r
             results.append(tokens)
         # Reserving the worst case (3 blocks each) would run one at a time; by use, three start.
         assert results == expected and most_active >= 3 and most_blocks <= 5
-        assert sum(h.request.preemptions for h in handles) > 0 and budget.used == 0
-        assert engine.kv_blocks_total == 5 and engine.kv_blocks_used == 0
+        block = BLOCK * per_position
+        assert sum(h.request.preemptions for h in handles) > 0 and engine.active == 0
+        # Only the prompt cache's parked rows still hold blocks (given up when a request needs them).
+        assert budget.used == engine.kv_blocks_used * block == engine.kv_blocks_cached * block > 0
+        assert engine.kv_blocks_total == 5
         with pytest.raises(YunqueError, match=r"KV cache, more than the server's budget of .* --kv-budget"):
             engine.submit(list(range(10)), temperature=0, max_new_tokens=90, stop_token_ids=[])
         cancelled = engine.submit(prompts[0], temperature=0, max_new_tokens=20, stop_token_ids=[])
@@ -459,7 +464,8 @@ def test_a_kv_budget_holds_blocks_for_the_tokens_in_use_and_preempts_when_they_r
             if cancelled.done:
                 break
             threading.Event().wait(0.01)
-        assert cancelled.done and budget.used == 0
+        assert cancelled.done and budget.used == engine.kv_blocks_cached * block
+    assert budget.used == 0  # the engine gave its parked rows back when it stopped
 
 
 def test_prompt_logprobs_score_each_token_given_the_ones_before(model, monkeypatch):
@@ -476,3 +482,69 @@ def test_prompt_logprobs_score_each_token_given_the_ones_before(model, monkeypat
         assert [i for i, _ in got[t].top] == reference[t - 1].topk(2).indices.tolist()
     with pytest.raises(YunqueError, match="context"):
         score.prompt_logprobs(model, [1] * (model.config.max_seq_len + 1))
+
+
+def test_a_conversations_next_turn_reuses_its_cached_prefix(model):
+    """Prompt caching: a finished row stays parked, and the next turn (its prompt, its answer and
+    a new message) takes it over and prefills only the new tokens; the answer is the one it gets
+    without the cache, whatever the sampling settings."""
+    first = list(range(20, 60))
+    with Engine(model, max_batch=2) as engine:
+        for params in MIXED:
+            h = engine.submit(first, max_new_tokens=12, stop_token_ids=[], **params)
+            answer = [t for chunk in h for t in chunk.token_ids]
+            second = first + answer + [7, 8, 9, 10]
+            h2 = engine.submit(second, max_new_tokens=12, stop_token_ids=[], **params)
+            got = [t for chunk in h2 for t in chunk.token_ids]
+            assert h2.request.reused == len(first) + len(answer) - 1  # all but the answer's last token, never fed
+            assert got == list(generate_ids(model, second, max_new_tokens=12, stop_token_ids=[], **params))
+        unrelated = engine.submit(list(range(60, 90)), temperature=0, max_new_tokens=3, stop_token_ids=[])
+        unrelated.text()
+        assert unrelated.request.reused == 0
+
+
+def test_parked_rows_move_and_give_way_without_changing_any_answer(model):
+    """Conversations that share prefixes, through 3 slots and a small KV budget: parked rows are
+    taken over, evicted for slots and for memory, and traded with decoding rows; every answer
+    equals the one computed alone, and everything is given back at the end."""
+    import random
+
+    from yunque.infer.budget import BLOCK, KVBudget
+
+    rng = random.Random(0)
+    per_position = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim * 4
+    budget = KVBudget(14 * BLOCK * per_position)
+    roots = [list(range(10 + 7 * i, 40 + 7 * i)) for i in range(3)]
+    history = [list(r) for r in roots]
+    reused = 0
+    with Engine(model, max_batch=3, kv_budget=budget) as engine:
+        for wave in range(6):
+            prompts = []
+            for _ in range(rng.randint(1, 4)):
+                c = rng.randrange(3)
+                cut = rng.choice([len(history[c]), len(history[c]), rng.randint(20, len(history[c]))])
+                prompts.append((c, history[c][:cut] + [rng.randrange(1, 300) for _ in range(rng.randint(1, 6))]))
+            handles = [engine.submit(p, temperature=0, max_new_tokens=rng.randint(3, 10), stop_token_ids=[]) for _, p in prompts]
+            for (c, p), h in zip(prompts, handles):
+                answer = [t for chunk in h for t in chunk.token_ids]
+                assert answer == naive_greedy(model, p, len(answer)) and h.result.finish_reason == "length"
+                reused += h.request.reused
+                if len(p) + len(answer) < 80:
+                    history[c] = p + answer
+        assert reused > 0 and engine.active == 0
+        assert budget.used == engine.kv_blocks_cached * BLOCK * per_position
+    assert budget.used == 0
+
+
+def test_an_engine_gives_its_parked_rows_to_another_that_needs_the_memory(model):
+    from yunque.infer.budget import BLOCK, KVBudget
+
+    per_position = 2 * model.config.n_layer * model.config.n_kv_head * model.config.head_dim * 4
+    budget = KVBudget(6 * BLOCK * per_position)
+    with Engine(model, max_batch=4, kv_budget=budget) as a, Engine(model, max_batch=4, kv_budget=budget) as b:
+        for start in (10, 100):  # two parked rows of 3 blocks each: the whole budget
+            a.submit(list(range(start, start + 40)), temperature=0, max_new_tokens=4, stop_token_ids=[]).text()
+        assert a.kv_blocks_cached == 6 and budget.used == budget.total
+        h = b.submit(list(range(200, 230)), temperature=0, max_new_tokens=4, stop_token_ids=[])
+        assert len([t for chunk in h for t in chunk.token_ids]) == 4  # admitted once `a` dropped its rows
+        assert a.kv_blocks_cached == 0

@@ -141,5 +141,6 @@ def test_a_kv_budget_refuses_what_could_never_fit_and_serves_the_rest(http):
     r = http.post("/api/generate", json={**long, "options": {"num_predict": 5}})
     assert r.status_code == 200 and r.json()["eval_count"] >= 1
     [loaded] = http.get("/api/ps").json()["models"]
-    assert loaded["kv_bytes"] == 0 and loaded["size"] > 0  # nothing decoding now
-    assert loaded["kv_blocks_used"] == 0 and loaded["kv_blocks_total"] == 100 * 1024 // (16 * 512)
+    # Nothing decodes now: what KV is held is the prompt cache's parked rows.
+    assert loaded["requests"]["running"] == 0 and loaded["size"] > 0
+    assert loaded["kv_blocks_used"] == loaded["kv_blocks_cached"] and loaded["kv_blocks_total"] == 100 * 1024 // (16 * 512)

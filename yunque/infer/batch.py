@@ -29,6 +29,7 @@ from yunque.errors import YunqueError
 from yunque.model.matmul import tune_products
 from yunque.model.transformer import KVCache, Transformer
 from yunque.infer.budget import KVBudget
+from yunque.infer.prefix import Parked, PromptCache
 from yunque.infer.sampling import SamplingBatch, SamplingParams, sample
 from yunque.infer.textstream import TextStream
 
@@ -106,6 +107,8 @@ class Request:
         self.budget: KVBudget | None = None  # the budget its KV reservation came from, while it holds one
         self.kv_reserved = 0  # bytes: whole blocks covering the positions it has written (or will, next step)
         self.preemptions = 0  # times it left its slot for memory and was prefilled again later
+        self.prefix: tuple[Parked, int] | None = None  # a parked row sharing its first n tokens, to take over
+        self.reused = 0  # prompt tokens its last prefill took from a parked row instead of computing
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.step_logprob: TokenLogprob | None = None  # the last sampled token's, until it is emitted
         self.constraint: JsonConstraint | None = None  # masks this request's logits each step (JSON output)
@@ -163,7 +166,8 @@ class Request:
 class Batch:
     """`n_slots` rows of one static KV cache decoded together; not thread-safe (one owner)."""
 
-    def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None, tokenizer: Any = None) -> None:
+    def __init__(self, model: Transformer, n_slots: int, max_len: int | None = None, tokenizer: Any = None,
+                 prompt_cache: bool = False) -> None:
         self.model = model
         tune_products(model)  # once per model: how this CPU's BLAS multiplies a few rows fastest
         self.cache = model.make_cache(n_slots, max_len)
@@ -180,6 +184,8 @@ class Batch:
         self.counts: Tensor | None = None
         self._sampling: SamplingBatch | None = None
         self._step = decode_step(model)  # after tuning: the step binds each layer's product plan
+        # With a prompt cache, finished rows stay parked in the top free slots for a later prompt to reuse.
+        self.prefixes = PromptCache(self.cache, n_slots) if prompt_cache else None
 
     @property
     def n_slots(self) -> int:
@@ -187,12 +193,18 @@ class Batch:
 
     @property
     def free_slots(self) -> int:
+        """Slots a request may take now: free ones and those of parked rows (evicted when needed)."""
         return self.n_slots - len(self.active)
 
     @property
     def kv_bytes(self) -> int:
         """KV cache memory the active requests use: the positions each has written."""
         return sum(r.cached for r in self.active) * self.cache.bytes_per_position()
+
+    @property
+    def cached_bytes(self) -> int:
+        """KV cache memory the parked rows of the prompt cache hold."""
+        return self.prefixes.positions * self.cache.bytes_per_position() if self.prefixes is not None else 0
 
     @torch.inference_mode()
     def add(self, *reqs: Request) -> None:
@@ -202,10 +214,20 @@ class Batch:
         past its own position, so the padding's cache entries are never read, and later
         decode steps overwrite them.
         """
-        for group in _similar_lengths(reqs):
+        hits = [r for r in reqs if r.prefix is not None]
+        for req in hits:  # each takes a parked row over: no slot is needed beyond the one it held
+            entry, req.reused = req.prefix
+            req.prefix = None
+            self.prefixes.hand_over(entry, len(self.active), req.reused)
+            self._prefill([req], start=req.reused)
+        for group in _similar_lengths([r for r in reqs if r not in hits]):
+            while self.prefixes is not None and len(self.active) + len(group) > self.prefixes.lowest:
+                self.prefixes.evict()  # the slots are needed for decoding
             self._prefill(group)
 
-    def _prefill(self, group: list[Request]) -> None:
+    def _prefill(self, group: list[Request], start: int = 0) -> None:
+        """Prefill `group` into the next slots from position `start` (positions below it, reused from
+        a parked row, are already in the cache) and sample each row's next token."""
         lo, n = len(self.active), len(group)
         t_start = time.perf_counter()
         contexts = [r.context_ids for r in group]
@@ -221,12 +243,12 @@ class Batch:
         cache = KVCache([k[lo : lo + n] for k in self.cache.k], [v[lo : lo + n] for v in self.cache.v])
         last = torch.empty(n, self.vocab_size, device=self.device)
         ends = torch.tensor(lengths) - 1  # each prompt's last position: the only logits sampling needs
-        for start in range(0, ids.shape[1], chunk):
-            width = min(chunk, ids.shape[1] - start)
-            logits = self.model(ids[:, start : start + width], cache=cache, input_pos=self.pos.new_full((n,), start),
-                                logits_at=(ends - start).clamp(0, width - 1))
+        for at in range(start, ids.shape[1], chunk):
+            width = min(chunk, ids.shape[1] - at)
+            logits = self.model(ids[:, at : at + width], cache=cache, input_pos=self.pos.new_full((n,), at),
+                                logits_at=(ends - at).clamp(0, width - 1))
             for row, length in enumerate(lengths):
-                if start <= length - 1 < start + width:
+                if at <= length - 1 < at + width:
                     last[row] = logits[row, 0]
         self.pos[lo : lo + n] = torch.tensor(lengths, device=self.device)
         self.active.extend(group)
@@ -376,12 +398,35 @@ class Batch:
             self.remove(req, reason)
 
     def remove(self, req: Request, reason: str) -> None:
-        """Free `req`'s slot (moving the last active request into it) and report its result."""
-        self._vacate(req)
+        """Free `req`'s slot (moving the last active request into it) and report its result; with a
+        prompt cache, a request that ended normally leaves its row parked for a later prompt."""
+        if self.prefixes is not None and reason in ("stop", "length") and req.cached >= self.prefixes.min_reuse:
+            self._park(req)
+        else:
+            self._vacate(req)
         if reason == "error" and req.error is not None:
             req.fail(req.error)
         else:
             req.finish(reason)
+
+    def _park(self, req: Request) -> None:
+        """Move `req`'s row to the next slot down from the parked ones and park it, reservation and all."""
+        slot, last, n = self.active.index(req), len(self.active) - 1, req.cached
+        target = self.prefixes.lowest - 1
+        if target == last and slot != last:  # no free slot: trade rows with the last decoding request
+            other = self.active[last]
+            self.cache.swap_positions(slot, last, max(n, other.cached))
+            self.cache.release(slot, other.cached)
+            for t in (self.pos, self.last, self.seen, self.counts):
+                if t is not None:
+                    t[[slot, last]] = t[[last, slot]]
+            self.active[slot], self.active[last], slot = other, req, last
+        if target != slot:
+            self.cache.copy_positions(slot, target, n)
+        self._vacate(req, release=target != slot)
+        self.cache.release(target, n)  # an earlier, longer occupant's positions
+        self.prefixes.park(Parked(req.context_ids[:n], req.kv_reserved, req.budget))
+        req.kv_reserved = 0  # the parked row holds it now
 
     def preempt(self, req: Request) -> None:
         """Take `req` out of its slot to free its memory, without ending it: its KV reservation goes
@@ -390,21 +435,21 @@ class Batch:
         req.release_kv()
         req.preemptions += 1
 
-    def _vacate(self, req: Request) -> None:
+    def _vacate(self, req: Request, release: bool = True) -> None:
         slot = self.active.index(req)
         last = len(self.active) - 1
         if slot != last:
             # Only the positions the moved request has written: its stale tail is never read, and
             # copying it would commit memory the lazily committed cache never needed.
             n = self.active[last].cached
-            for buf in (*self.cache.k, *self.cache.v):
-                buf[slot, :, :n] = buf[last, :, :n]
+            self.cache.copy_positions(last, slot, n)
             for t in (self.pos, self.last, self.seen, self.counts):
                 if t is not None:
                     t[slot] = t[last]
             self.active[slot] = self.active[last]
             self.cache.release(slot, n)
-        self.cache.release(last)  # the row that is free now gives its memory back
+        if release:
+            self.cache.release(last)  # the row that is free now gives its memory back
         self.active.pop()
         self._sampling = None
 
@@ -413,6 +458,8 @@ class Batch:
         reqs, self.active, self._sampling = self.active, [], None
         for slot in range(len(reqs)):
             self.cache.release(slot)
+        if self.prefixes is not None:
+            self.prefixes.clear()
         return reqs
 
     def cancel_flagged(self) -> None:

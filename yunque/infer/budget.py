@@ -10,6 +10,7 @@ counter is locked.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from yunque.errors import YunqueError
 
@@ -39,6 +40,23 @@ class KVBudget:
         self.total = total
         self.used = 0
         self._lock = threading.Lock()
+        self._holders: list[Callable[[], None]] = []  # how to ask each engine to drop its prompt cache
+
+    def register(self, reclaim: Callable[[], None]) -> None:
+        """An engine that parks finished rows (holding memory no request uses) says how to ask for it back."""
+        with self._lock:
+            self._holders.append(reclaim)
+
+    def unregister(self, reclaim: Callable[[], None]) -> None:
+        with self._lock:
+            self._holders.remove(reclaim)
+
+    def reclaim(self, asking: Callable[[], None] | None = None) -> None:
+        """Ask every other engine to drop its parked rows (each does so in its own thread, soon)."""
+        with self._lock:
+            holders = [h for h in self._holders if h != asking]
+        for reclaim in holders:
+            reclaim()
 
     def check(self, need: int) -> None:
         """Refuse a request that could never fit, whatever else finishes."""

@@ -151,19 +151,22 @@ class Engine:
     """
 
     def __init__(self, model: Transformer, tokenizer: Any = None, *, max_batch: int = 8, max_queue: int = 64,
-                 max_len: int | None = None, kv_budget: KVBudget | None = None) -> None:
+                 max_len: int | None = None, kv_budget: KVBudget | None = None, prompt_cache: bool = True) -> None:
         if max_batch < 1 or max_queue < 1:
             raise YunqueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}.")
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_queue = max_queue
         self.context = max_len or model.config.max_seq_len
-        self._batch = Batch(model, max_batch, self.context, tokenizer)
+        self._batch = Batch(model, max_batch, self.context, tokenizer, prompt_cache=prompt_cache)
         self.kv_budget = kv_budget
         self.block_bytes = BLOCK * self._batch.cache.bytes_per_position()
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._cancel_all = False
+        self._reclaim = False  # another engine asked for the memory of the parked rows
+        if kv_budget is not None and prompt_cache:
+            kv_budget.register(self._reclaim_asked)
         self._thread = threading.Thread(target=self._run, name="yunque-engine", daemon=True)
         self._thread.start()
 
@@ -206,13 +209,20 @@ class Engine:
 
     @property
     def kv_bytes(self) -> int:
-        """KV cache memory in use now: the positions the decoding requests have written."""
-        return self._batch.kv_bytes
+        """KV cache memory held now: the positions the decoding requests have written, and the parked rows'."""
+        return self._batch.kv_bytes + self._batch.cached_bytes
+
+    @property
+    def kv_blocks_cached(self) -> int:
+        """Blocks the prompt cache's parked rows hold (given up whenever a request needs them)."""
+        prefixes = self._batch.prefixes
+        return sum(max(e.kv_reserved // self.block_bytes, blocks(len(e.tokens))) for e in prefixes.rows) if prefixes else 0
 
     @property
     def kv_blocks_used(self) -> int:
-        """Blocks of `BLOCK` positions the decoding requests hold (reserved: written, or next to be)."""
-        return sum(max(r.kv_reserved // self.block_bytes, blocks(r.cached)) for r in self._batch.active)
+        """Blocks of `BLOCK` positions held: the decoding requests' (written, or next to be) and the parked rows'."""
+        active = sum(max(r.kv_reserved // self.block_bytes, blocks(r.cached)) for r in self._batch.active)
+        return active + self.kv_blocks_cached
 
     @property
     def kv_blocks_total(self) -> int:
@@ -246,21 +256,47 @@ class Engine:
 
     def _admit(self) -> list[Request]:
         """Waiting requests, in order, for the free slots, while the blocks of their context (and the
-        position after it) fit the budget with a block to spare for every decoding request's next step."""
+        position after it) fit the budget with a block to spare for every decoding request's next
+        step. Each takes over the parked row sharing the longest prefix with it, if any."""
         admit: list[Request] = []
+        taken: list = []  # parked rows promised to requests admitted in this round
+        prefixes = self._batch.prefixes
         while self._waiting and len(admit) < self._batch.free_slots:
             req = self._waiting[0]
             if req.cancelled:  # cancelled while it waited after a preemption
                 self._waiting.popleft().finish("cancelled")
                 continue
-            if self.kv_budget is not None:
-                need = blocks(len(req.context_ids) + 1) * self.block_bytes
-                headroom = (len(self._batch.active) + len(admit)) * self.block_bytes
-                if not self.kv_budget.try_reserve(need, headroom):
-                    break  # the oldest request waits for memory; the ones behind it wait their turn
-                req.budget, req.kv_reserved = self.kv_budget, need
+            req.prefix = prefixes.find(req.context_ids, taken) if prefixes is not None else None
+            if req.prefix is not None:
+                taken.append(req.prefix[0])
+            if self.kv_budget is not None and not self._reserve(req, len(admit), taken):
+                req.prefix = None
+                break  # the oldest request waits for memory; the ones behind it wait their turn
             admit.append(self._waiting.popleft())
         return admit
+
+    def _reserve(self, req: Request, admitted: int, taken: list) -> bool:
+        """Reserve `req`'s blocks (those of a parked row it takes over count), evicting parked rows
+        as needed; when even that is not enough, ask the other engines for theirs and say no."""
+        need = blocks(len(req.context_ids) + 1) * self.block_bytes
+        held = req.prefix[0] if req.prefix is not None else None
+        headroom = (len(self._batch.active) + admitted) * self.block_bytes
+        more = need - (held.kv_reserved if held is not None else 0)
+        while not self.kv_budget.try_reserve(max(0, more), headroom):
+            if self._batch.prefixes is None or not self._batch.prefixes.evict(exclude=taken):
+                self.kv_budget.reclaim(self._reclaim_asked)
+                return False
+        if held is not None:  # the row's reservation passes to the request; what it does not need goes back
+            if more < 0:
+                self.kv_budget.release(-more)
+            held.kv_reserved = 0
+        req.budget, req.kv_reserved = self.kv_budget, need
+        return True
+
+    def _reclaim_asked(self) -> None:
+        with self._cond:
+            self._reclaim = True
+            self._cond.notify_all()
 
     def _grow(self) -> list[Request]:
         """Give every decoding request a block for its next position where it crosses into a new one;
@@ -273,6 +309,8 @@ class Engine:
             if req in preempted or (req.cached + 1) * self._batch.cache.bytes_per_position() <= req.kv_reserved:
                 continue
             while not self.kv_budget.try_reserve(self.block_bytes):
+                if self._batch.prefixes is not None and self._batch.prefixes.evict():
+                    continue  # parked rows go before any decoding request is preempted
                 victim = max(self._batch.active, key=lambda r: r.t_submit)
                 self._batch.preempt(victim)
                 preempted.append(victim)
@@ -282,13 +320,24 @@ class Engine:
                 req.kv_reserved += self.block_bytes
         return sorted(preempted, key=lambda r: r.t_submit)
 
+    def _stopped(self) -> None:
+        """The thread's last act: parked rows give their memory back, and nobody asks this engine again."""
+        if self._batch.prefixes is not None:
+            self._batch.prefixes.clear()
+        if self.kv_budget is not None and self._batch.prefixes is not None:
+            self.kv_budget.unregister(self._reclaim_asked)
+
     def _run(self) -> None:
         batch = self._batch
         while True:
             with self._cond:
-                while not self._waiting and not batch.active and not self._closed:
+                while not self._waiting and not batch.active and not self._closed and not self._reclaim:
                     self._cond.wait()
+                if self._reclaim and batch.prefixes is not None:
+                    batch.prefixes.clear()
+                self._reclaim = False
                 if self._closed and not self._waiting and not batch.active:
+                    self._stopped()
                     return
                 admit = self._admit()
                 if not admit and not batch.active:

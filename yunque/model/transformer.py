@@ -107,6 +107,18 @@ class KVCache:
                 row = (slot * heads + h) * length
                 buffer.release((row + start) * dim, (row + length) * dim)
 
+    def copy_positions(self, src: int, dst: int, n: int) -> None:
+        """Copy positions [0, n) of row `src` into row `dst` (every layer, keys and values)."""
+        for buf in (*self.k, *self.v):
+            buf[dst, :, :n] = buf[src, :, :n]
+
+    def swap_positions(self, a: int, b: int, n: int) -> None:
+        """Exchange positions [0, n) of rows `a` and `b`."""
+        for buf in (*self.k, *self.v):
+            held = buf[a, :, :n].clone()
+            buf[a, :, :n] = buf[b, :, :n]
+            buf[b, :, :n] = held
+
     def bytes_per_position(self) -> int:
         """Memory one position of one row takes over all layers (keys and values)."""
         return sum(t.shape[1] * t.shape[3] * t.element_size() for t in (*self.k, *self.v))

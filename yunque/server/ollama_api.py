@@ -352,6 +352,7 @@ async def ps(request: Request) -> dict[str, Any]:
                 "kv_bytes": kv_bytes,
                 "kv_blocks_used": engine.kv_blocks_used,
                 "kv_blocks_total": engine.kv_blocks_total,
+                "kv_blocks_cached": engine.kv_blocks_cached,
                 "requests": {"running": engine.active, "waiting": engine.waiting},
             }
         )
