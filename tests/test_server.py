@@ -466,3 +466,23 @@ def test_openai_echo_logprobs_score_the_prompt_as_lm_eval_asks(ai):
     assert lp.tokens[: len(first.logprobs.tokens)] == first.logprobs.tokens
     assert lp.token_logprobs[1 : len(first.logprobs.tokens)] == pytest.approx(first.logprobs.token_logprobs[1:], abs=1e-4)
     assert len(lp.tokens) == len(first.logprobs.tokens) + 1 and gen.choices[0].text.startswith(text)
+
+
+def test_a_conversations_next_turn_is_read_from_the_prompt_cache(server, ai):
+    """The second turn of a chat re-sends the first, with the answer: the server reads those
+    tokens from the prompt cache and says so (Ollama's prompt_eval_cached_count, OpenAI's
+    usage.prompt_tokens_details.cached_tokens), and the answer is the same as computed afresh."""
+    def chat(messages):
+        body = {"model": "tiny", "messages": messages, "stream": False, "options": {"num_predict": 12, "temperature": 0}}
+        return httpx.post(server.url + "/api/chat", json=body, timeout=60).json()
+
+    history = [{"role": "system", "content": "You answer questions about the Zen of Python, briefly and kindly."},
+               {"role": "user", "content": "Which is better, beautiful or ugly? And explicit or implicit?"}]
+    first = chat(history)
+    history += [first["message"], {"role": "user", "content": "And simple?"}]
+    second = chat(history)
+    assert 16 <= second["prompt_eval_cached_count"] < second["prompt_eval_count"]
+    openai_turn = ai.chat.completions.create(model="tiny", messages=history, max_tokens=12, temperature=0)
+    assert openai_turn.usage.prompt_tokens_details.cached_tokens >= 16
+    assert openai_turn.choices[0].message.content == second["message"]["content"]
+    assert chat([{"role": "user", "content": "x"}])["prompt_eval_cached_count"] == 0

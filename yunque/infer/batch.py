@@ -68,6 +68,7 @@ class GenerationResult:
     text: str = ""
     prompt_truncated: bool = False
     logprobs: list[TokenLogprob] | None = None  # one per id in token_ids, when the request asked
+    cached_tokens: int = 0  # prompt tokens read from the prompt cache instead of computed
 
     @property
     def tokens_per_second(self) -> float:
@@ -150,6 +151,7 @@ class Request:
             text="".join(self.pieces),
             prompt_truncated=self.truncated,
             logprobs=self.logprobs,
+            cached_tokens=min(self.reused, len(self.prompt_ids)),
         ))
 
     def fail(self, error: BaseException) -> None:

@@ -45,6 +45,7 @@ class Outcome:
     generation_seconds: float
     ids: list[int]
     logprobs: list[TokenLogprob] | None = None
+    cached_tokens: int = 0  # of prompt_tokens, read from the prompt cache
 
 
 @dataclass
@@ -200,6 +201,7 @@ def _outcome(result: GenerationResult) -> Outcome:
         generation_seconds=result.generation_seconds,
         ids=list(result.token_ids),
         logprobs=result.logprobs,
+        cached_tokens=result.cached_tokens,
     )
 
 

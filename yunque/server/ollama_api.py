@@ -151,7 +151,8 @@ def _final_stats(outcome: answer.Outcome, load_seconds: float, started: float) -
         "done_reason": outcome.finish_reason,
         "total_duration": _ns(time.perf_counter() - started),
         "load_duration": _ns(load_seconds),
-        "prompt_eval_count": outcome.prompt_tokens,
+        "prompt_eval_count": outcome.prompt_tokens,  # all of the prompt, cached or not, as Ollama counts
+        "prompt_eval_cached_count": outcome.cached_tokens,
         "prompt_eval_duration": _ns(outcome.prompt_seconds),
         "eval_count": outcome.completion_tokens,
         "eval_duration": _ns(outcome.generation_seconds),

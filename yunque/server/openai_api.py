@@ -157,11 +157,14 @@ class EmbeddingRequest(_Body):
     dimensions: StrictInt | None = None
 
 
-def _usage(outcomes: list[answer.Outcome], n: int) -> dict[str, int]:
-    """Each prompt counted once (its n choices share it), every choice's completion."""
+def _usage(outcomes: list[answer.Outcome], n: int) -> dict[str, Any]:
+    """Each prompt counted once (its n choices share it), every choice's completion; how many
+    prompt tokens came from the prompt cache, as OpenAI reports them."""
     prompt = sum(o.prompt_tokens for o in outcomes[::n])
     completion = sum(o.completion_tokens for o in outcomes)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = sum(o.cached_tokens for o in outcomes[::n])
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def _prepare(request: Request, body: _Sampling, render: Callable[[LoadedModel], list[str | list[int]]],
