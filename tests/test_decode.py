@@ -72,6 +72,25 @@ def test_decode_step_of_an_int8_model_equals_its_forward():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("plan", [None, ProductPlan((0, 1, 2, 3, 4))], ids=["plain", "transposed"])
+@torch.inference_mode()
+def test_decode_step_of_a_bf16_model_equals_its_forward(plan):
+    """bf16 checkpoints stay bf16 on CPUs with native bf16: the step must match the forward there too."""
+    model = _model("qwen2").to(torch.bfloat16)
+    _plan(model, plan)
+    step = DecodeStep(model)
+    ids, ours = _prefilled(model, [4, 7, 5])
+    _, ref = _prefilled(model, [4, 7, 5])
+    pos = torch.tensor([4, 7, 5])
+    for _ in range(4):
+        token = ids[torch.arange(3), pos]
+        got = step(token, pos, ours, int(pos.min()), int(pos.max()))
+        want = model(token[:, None], cache=ref.rows([0, 1, 2]), input_pos=pos)[:, 0]
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+        pos = pos + 1
+
+
 @torch.inference_mode()
 def test_the_static_step_is_traced_once_per_row_count_not_per_position():
     model = _model("mistral")

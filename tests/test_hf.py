@@ -130,6 +130,16 @@ def test_sharded_bf16_checkpoint(tmp_path):
     assert info["parameters"] == ours.num_params() == info["stored_parameters"]
 
 
+def test_a_bf16_checkpoint_stays_bf16_where_the_cpu_multiplies_bf16_natively(tmp_path, monkeypatch):
+    from yunque.model import device
+
+    hf_model("llama").to(torch.bfloat16).save_pretrained(tmp_path)
+    assert device.stored_dtype(tmp_path) == "BF16"
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(device, "cpu_has_bf16", lambda: native)
+        assert device.inference_dtype("cpu", "BF16") == expected and device.inference_dtype("cpu", "F32") == torch.float32
+
+
 def test_describe_reports_active_parameters_for_moe(tmp_path):
     hf_model("mixtral").save_pretrained(tmp_path)
     info = describe(tmp_path)

@@ -301,11 +301,10 @@ class Transformer(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         if config.positions == "rope":
-            freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), rope_inv_freq(config))
-            freqs = torch.cat((freqs, freqs), dim=-1)
+            cos, sin = _rope_tables(config)
             # Not saved with the weights: they follow from the config.
-            self.register_buffer("rope_cos", freqs.cos(), persistent=False)
-            self.register_buffer("rope_sin", freqs.sin(), persistent=False)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.rope_cos = self.rope_sin = None
         self.reset_parameters()
@@ -497,13 +496,30 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> "Transformer":
         """Load a Hugging Face directory (config.json + safetensors) of a supported family."""
-        model = cls(config_from_hf(read_config(path)))
+        # Built without memory, then given it in the final dtype and device: no random init to
+        # overwrite, and no float32 copy of a bf16 checkpoint on the way (1 GB for Qwen2.5-0.5B).
+        with torch.device("meta"):
+            model = cls(config_from_hf(read_config(path)))
+        model = model.to(dtype=dtype).to_empty(device=device)
+        if model.config.tie_embeddings:  # leaving the meta device makes new parameters: tie them again
+            model.lm_head.weight = model.tok_emb.weight
+        if model.rope_cos is not None:
+            cos, sin = _rope_tables(model.config)
+            model.rope_cos.copy_(cos)
+            model.rope_sin.copy_(sin)
         load_weights_into(model, path)
-        return model.to(device=device, dtype=dtype).eval()
+        return model.eval()
 
     def save_pretrained(self, path: str | Path, **kw: Any) -> Path:
         """Write a Hugging Face directory (config.json, model.safetensors, generation_config.json)."""
         return save_pretrained(self, path, **kw)
+
+
+def _rope_tables(config: ModelConfig) -> tuple[Tensor, Tensor]:
+    """The rotary cos and sin of every position and frequency, (max_seq_len, head_dim)."""
+    freqs = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), rope_inv_freq(config))
+    freqs = torch.cat((freqs, freqs), dim=-1)
+    return freqs.cos(), freqs.sin()
 
 
 def _allowed(q_pos: Tensor, k_pos: Tensor, window: int | None) -> Tensor:

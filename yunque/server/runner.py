@@ -41,8 +41,9 @@ class Runner:
 
 def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 256, kv_budget: Any = None,
                 default_context: int | None = None) -> Runner:
-    """Load a store entry on the device `yunque.model.device` picks (CUDA in bf16 when present, else CPU in float32) and start its scheduler."""
-    from yunque.model.device import available_memory, device_kind, inference_dtype
+    """Load a store entry on the device and in the dtype `yunque.model.device` picks (CUDA in bf16
+    when present; on a CPU, bf16 checkpoints stay bf16 where it is native, else float32) and start its scheduler."""
+    from yunque.model.device import available_memory, device_kind, inference_dtype, stored_dtype
     from yunque.model.transformer import Transformer
     from yunque.infer.engine import Engine
     from yunque.text.tokenizer import Tokenizer
@@ -51,7 +52,7 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     # (engine.load reads them the other way round, so it is not reused here.)
     tokenizer = Tokenizer.from_pretrained(entry.path)
     device = device_kind()
-    dtype = inference_dtype(device)
+    dtype = inference_dtype(device, stored_dtype(entry.path))
     weights = int(entry.details.get("parameter_count") or 0) * dtype.itemsize
     check_fits(str(entry.name), weights, available_memory(device), kv_budget.total - kv_budget.used if kv_budget else 0)
     model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
