@@ -209,6 +209,30 @@ def test_cancel_frees_the_slot(model):
         assert engine.active == 0
 
 
+def test_a_row_with_penalties_leaves_its_batch_outside_the_decode_step(model):
+    """The engine cancels and preempts between steps, outside inference mode: moving the last
+    row's penalty state (an inference tensor) into the freed slot must work there (a cancel that
+    landed between two steps once failed every request of the batch)."""
+    from yunque.infer.batch import Batch, make_request
+
+    params = SamplingParams(temperature=0, repetition_penalty=1.3, frequency_penalty=0.4, max_new_tokens=8, stop_token_ids=[])
+    results = []
+    reqs = [make_request(model, None, p, params, 96, lambda c: None, results.append) for p in ([1, 2, 3, 4, 5], [9, 8, 7], [4, 4])]
+    batch = Batch(model, 3)
+    batch.add(*reqs)
+    assert batch.active[0] is reqs[0]
+    batch.remove(reqs[0], "cancelled")
+    batch.preempt(batch.active[0])
+    while batch.active:
+        batch.step()
+    batch.add(reqs[1] if reqs[1].preemptions else reqs[2])
+    while batch.active:
+        batch.step()
+    assert sorted(r.finish_reason for r in results) == ["cancelled", "length", "length"]
+    for req in reqs[1:]:
+        assert req.generated == alone(model, req.prompt_ids, dict(temperature=0, repetition_penalty=1.3, frequency_penalty=0.4))[:8]
+
+
 def test_queue_full_is_a_clear_error(model):
     with Engine(model, max_batch=1, max_queue=1) as engine:
         running = engine.submit([1], max_new_tokens=90, stop_token_ids=[])

@@ -411,6 +411,7 @@ class Batch:
         else:
             req.finish(reason)
 
+    @torch.inference_mode()  # callers may be outside it (cancelling, preempting); the penalty state is an inference tensor
     def _park(self, req: Request) -> None:
         """Move `req`'s row to the next slot down from the parked ones and park it, reservation and all."""
         slot, last, n = self.active.index(req), len(self.active) - 1, req.cached
@@ -437,6 +438,7 @@ class Batch:
         req.release_kv()
         req.preemptions += 1
 
+    @torch.inference_mode()  # callers may be outside it (cancelling, preempting); the penalty state is an inference tensor
     def _vacate(self, req: Request, release: bool = True) -> None:
         slot = self.active.index(req)
         last = len(self.active) - 1
