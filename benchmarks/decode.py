@@ -7,6 +7,9 @@ over all its weights, posed the fastest way, timed in the same run) and the aggr
 throughput of the continuous-batching `Engine` at 1, 4 and 16 concurrent requests.
 
     .venv/bin/python benchmarks/decode.py [--reps 7] [--threads N] [--sizes 5M 30M] [--no-engine]
+    .venv/bin/python benchmarks/decode.py --real [--reps 5]   # SmolLM2-135M and Qwen2.5-0.5B vs llama.cpp
+
+`--real` runs real models' shapes against llama.cpp instead (benchmarks/real_shapes.py says how).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import transformers
@@ -92,11 +96,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     ap.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES), help="model sizes to run")
     ap.add_argument("--no-engine", action="store_true", help="skip the continuous-batching throughput runs")
+    ap.add_argument("--real", action="store_true", help="only the real shapes (SmolLM2-135M, Qwen2.5-0.5B) against llama.cpp")
+    ap.add_argument("--node-modules", type=Path, default=Path(__file__).with_name(".peer") / "node_modules",
+                    help="where `npm install node-llama-cpp` put its modules (for --real)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.2f}")
+    if args.real:
+        import real_shapes
+
+        real_shapes.compare(args.reps, torch.get_num_threads(), args.node_modules)
+        return
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
