@@ -186,7 +186,7 @@ def transformers_ids(model: Transformer, prompt: list[int], tmp: Path) -> list[i
     import transformers
 
     path = model.save_pretrained(tmp / "hf")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.no_grad():
         out = theirs.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
                               eos_token_id=None, pad_token_id=0)

@@ -140,7 +140,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=2, help="requests per client per wave")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--d-model", type=int, default=256, help="width of the built model (default 256, 4 layers)")
+    ap.add_argument("--d-model", type=int, default=256, help="width of the built model (default 256)")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the built model (default 4)")
     ap.add_argument("--no-peer", action="store_true", help="skip the in-process engine peer")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -153,7 +154,7 @@ def main() -> None:
         else:
             home, model = Path(tmp) / "home", "bench"
             os.environ["YUNQUE_HOME"] = str(home)  # the store (and the server below) read their root from here
-            src = make_tiny_model(Path(tmp) / "bench", d_model=args.d_model, n_layer=4, max_seq_len=1024, vocab_size=2048)
+            src = make_tiny_model(Path(tmp) / "bench", d_model=args.d_model, n_layer=args.layers, max_seq_len=1024, vocab_size=2048)
             store.import_model(src, model)
         server = LiveServer(home, log=Path(tmp) / "server.log").start()
         try:
