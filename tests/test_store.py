@@ -382,3 +382,17 @@ def test_export_writes_a_loadable_hugging_face_directory(tmp_path: Path, monkeyp
     assert code == 1 and "is not empty; pass --force" in " ".join(err.split())
     assert _cli(monkeypatch, capsys, "export", "tiny", str(out), "--force")[0] == 0
     assert not list(tmp_path.glob(".out.*"))  # no temporary directory left behind
+
+
+def test_entries_are_read_once_per_version_and_a_new_version_is_seen(hf_dir: Path) -> None:
+    """The server asks for an entry and its chat settings at every request; they are read from
+    disk once per version of the entry (each write is a new directory), never stale."""
+    store.import_model(hf_dir, "tiny")
+    store.create("a", "FROM tiny\nSYSTEM one\n")
+    first = store.chat_settings("a")
+    assert first.system == "one" and store.get("a").settings.system == "one"
+    first.system = "changed by a caller"
+    store.get("a").settings.system = "changed too"
+    assert store.chat_settings("a").system == "one" and store.get("a").settings.system == "one"
+    store.create("a", "FROM tiny\nSYSTEM two\n")
+    assert store.chat_settings("a").system == "two" and store.get("a").settings.system == "two"

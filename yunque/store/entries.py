@@ -18,7 +18,9 @@ place, so a failure part-way leaves the store as it was.
 
 from __future__ import annotations
 
+from copy import deepcopy
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -295,9 +297,23 @@ def require(name: str) -> ModelName:
 
 
 def get(name: str) -> ModelEntry:
-    """The store entry called `name`."""
+    """The store entry called `name` (read once per version of the entry: see `_version`)."""
     parsed = require(name)
-    return _load_entry(parsed, parsed.path())
+    return deepcopy(_entry_at(parsed, parsed.path(), _version(parsed.path())))
+
+
+def _version(path: Path) -> tuple[int, int, int]:
+    """Which version of an entry lies at `path`. Files in the store are never modified in place:
+    every write builds a new entry directory and renames it over the old one, so a new version
+    always has a new settings file (another inode and modification time). A server can then
+    read an entry's files once, not at every request."""
+    st = (path / SETTINGS_FILE).stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _entry_at(name: ModelName, path: Path, version: tuple[int, int, int]) -> ModelEntry:
+    return _load_entry(name, path)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -355,7 +371,18 @@ def chat_settings(model: ModelEntry | str | os.PathLike) -> ChatSettings:
     """The effective chat template, system prompt, parameters and stop strings of a store entry,
     a store name or a model directory (see `yunque.store.chat.model_chat_settings`)."""
     entry = model if isinstance(model, ModelEntry) else resolve(str(model))
-    return model_chat_settings(entry.path, entry.settings)
+    if entry.name is None or not (entry.path / SETTINGS_FILE).is_file():
+        return model_chat_settings(entry.path, entry.settings)  # a plain directory: its files may change in place
+    version = _version(entry.path)
+    cached = _CHAT_SETTINGS.get(entry.path)
+    if cached is None or cached[0] != version or cached[1] != entry.settings:
+        cached = (version, deepcopy(entry.settings), model_chat_settings(entry.path, entry.settings))
+        _CHAT_SETTINGS[entry.path] = cached
+    return deepcopy(cached[2])
+
+
+# Store entry directory -> (its version, the Modelfile settings used, the chat settings they give).
+_CHAT_SETTINGS: dict[Path, tuple[tuple[int, int, int], Modelfile, ChatSettings]] = {}
 
 
 def _check_template(entry: ModelEntry) -> None:
