@@ -572,3 +572,24 @@ def test_an_engine_gives_its_parked_rows_to_another_that_needs_the_memory(model)
         h = b.submit(list(range(200, 230)), temperature=0, max_new_tokens=4, stop_token_ids=[])
         assert len([t for chunk in h for t in chunk.token_ids]) == 4  # admitted once `a` dropped its rows
         assert a.kv_blocks_cached == 0
+
+
+def test_a_paced_reader_wakes_when_the_answer_ends_not_at_each_chunk(model):
+    """`ended(timeout)` is the server's pause between two deltas under load: it returns when the
+    request ends (so the final event is never held back for the pause) or after the timeout."""
+    import asyncio
+
+    roomy = tiny(model.config.vocab_size, max_seq_len=4096)  # a long answer that takes seconds
+
+    async def main():
+        with Engine(roomy, max_batch=2) as engine:
+            long = engine.submit([1], max_new_tokens=4000, stop_token_ids=[])
+            await long.ended(0.05)
+            assert not long.done  # the timeout, while chunks kept coming
+            short = engine.submit([2, 3], max_new_tokens=3, stop_token_ids=[])
+            await asyncio.wait_for(short.ended(3600), timeout=60)  # its end, not the hour
+            assert short.done and short.result.generated_tokens == 3
+            await short.ended(3600)  # already over: returns at once
+            long.cancel()
+
+    asyncio.run(main())

@@ -44,6 +44,7 @@ class RequestHandle:
         self._cond = threading.Condition()
         self._chunks: collections.deque[Chunk] = collections.deque()
         self._waiters: list[_Waiter] = []
+        self._end_waiters: list[_Waiter] = []  # readers waiting only for the end (see `ended`)
         self.result: GenerationResult | None = None
         self.error: BaseException | None = None
         self.request: Request | None = None
@@ -66,6 +67,9 @@ class RequestHandle:
 
     def _wake(self) -> None:
         self._cond.notify_all()
+        if self.done:
+            for waiter in self._end_waiters:
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
         for waiter in self._waiters:
             if not waiter.scheduled:  # one wake-up in flight is enough: the reader drains everything queued
                 waiter.scheduled = True
@@ -126,6 +130,22 @@ class RequestHandle:
         finally:
             with self._cond:
                 self._waiters.remove(waiter)
+
+    async def ended(self, timeout: float) -> None:
+        """Wait until the request ends, or `timeout` seconds, whichever is sooner (chunks do not
+        wake it): a paced reader's pause that never outlasts the answer."""
+        waiter = _Waiter(asyncio.get_running_loop(), asyncio.Event())
+        with self._cond:
+            if self.done:
+                return
+            self._end_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter.event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._cond:
+                self._end_waiters.remove(waiter)
 
     async def _aiter(self) -> AsyncIterator[Chunk]:
         async for chunks in self.drain():

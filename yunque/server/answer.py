@@ -205,13 +205,14 @@ def _outcome(result: GenerationResult) -> Outcome:
     )
 
 
-async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[Delta | Outcome]:
+async def generate(runner: Runner, prepared: Prepared, paced: bool = True) -> AsyncIterator[Delta | Outcome]:
     """Deltas, then one `Outcome`. Leaving early (a client gone, a task cancelled) cancels the generation.
 
     Each delta is all the text the engine produced since the last one. Alone, every token is
-    its own delta; with n requests decoding, a stream waits n / DELTA_RATE seconds after each
-    delta, so the per-delta costs (JSON, HTTP write, the GIL, the client's parse) are paid once
-    per few tokens.
+    its own delta; `paced`, with n requests decoding, a stream waits up to n / DELTA_RATE
+    seconds after each delta, so the per-delta costs (JSON, HTTP write, the GIL, the client's
+    parse) are paid once per few tokens; the wait ends early when the answer does, so a short
+    answer is never held back by its pacing.
     """
     handle = _submit(runner, prepared)
     try:
@@ -221,8 +222,8 @@ async def generate(runner: Runner, prepared: Prepared) -> AsyncIterator[Delta | 
             if text or logprobs:
                 yield Delta(text, logprobs)
                 active = runner.scheduler.active
-                if active > 1:
-                    await asyncio.sleep(active / DELTA_RATE)
+                if paced and active > 1:
+                    await handle.ended(active / DELTA_RATE)  # the answer's end is never held back
         yield _outcome(handle.result)
     finally:
         handle.cancel()  # a no-op once finished; frees the batch slot when the reader left early
@@ -240,8 +241,8 @@ def stream_sync(runner: Runner, prepared: Prepared) -> Iterator[str]:
 
 
 async def complete(runner: Runner, prepared: Prepared) -> Outcome:
-    """The whole answer."""
-    async for item in generate(runner, prepared):
+    """The whole answer (no pacing: nothing is sent before the end)."""
+    async for item in generate(runner, prepared, paced=False):
         if isinstance(item, Outcome):
             return item
     raise AssertionError("the scheduler ended a generation without its final event")
