@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+import peers
 from yunque.infer.generate import generate_batch, generate_ids
 from yunque.model.transformer import Transformer
 
-transformers = pytest.importorskip("transformers")
+transformers = peers.require("transformers")
 
 CONFIGS = {
     "llama": lambda: transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 
+import peers
 from yunque.model.config import ModelConfig
 from yunque.errors import YunqueError
 from yunque.model.accounting import describe
 from yunque.model.hf import config_from_hf, family_of
 from yunque.model.transformer import Transformer
 
-transformers = pytest.importorskip("transformers")
+transformers = peers.require("transformers")
 
 SMALL = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              max_position_embeddings=64)

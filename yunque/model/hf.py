@@ -293,6 +293,35 @@ def _plan(model_names: list[str], config: ModelConfig, fam: Family) -> dict[str,
     return plan
 
 
+@dataclass(frozen=True)
+class LinearSite:
+    """One Hugging Face linear module inside a yunque product: rows [start, stop) of the weight of
+    yunque module `module` are HF module `hf_name`'s (q_proj is the first rows of fused qkv)."""
+
+    module: str
+    hf_name: str
+    start: int
+    stop: int
+
+
+def linear_sites(config: ModelConfig, modules: dict[str, int]) -> list[LinearSite]:
+    """Where each HF linear module of the family lies in yunque's linear `modules` (name such as
+    `blocks.0.attn.qkv` -> its output features), following the same table as loading and saving."""
+    fam = FAMILIES[family_of(config)]
+    q, kv = config.n_head * config.head_dim, config.n_kv_head * config.head_dim
+    sites = []
+    for name, (groups, op, stacked) in _plan([m + ".weight" for m in modules], config, fam).items():
+        if stacked:
+            continue  # experts are stacked tensors, not linear modules
+        module = name.removesuffix(".weight")
+        sizes = {"qkv": [q, kv, kv], "gate_up": [modules[module] // 2] * 2}.get(op, [modules[module]])
+        start = 0
+        for hf, size in zip(groups[0], sizes):
+            sites.append(LinearSite(module, hf.removesuffix(".weight"), start, start + size))
+            start += size
+    return sites
+
+
 def _names_list(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 

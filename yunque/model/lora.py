@@ -1,0 +1,203 @@
+"""LoRA adapters on yunque's fused products, saved and loaded in PEFT's format.
+
+LoRA trains, beside a frozen weight W, two small matrices per adapted module: y = W x +
+(alpha / r) B A dropout(x), A (r, in) and B (out, r), B starting at zero so training starts
+from the base model. PEFT names modules as Hugging Face does (q_proj, k_proj, v_proj,
+o_proj, gate_proj, up_proj, down_proj; GPT-2's c_attn, c_proj, c_fc) and matches a target by
+module-name suffix. yunque fuses q/k/v and gate/up into single products, so an adapter on
+q_proj acts on the first rows of the fused qkv: each PEFT module is one slice of one yunque
+product (`yunque.model.hf.linear_sites`, from the same table that loads checkpoints). An
+adapter directory is PEFT's own: `adapter_config.json` and `adapter_model.safetensors` with
+PEFT's tensor names, so `PeftModel.from_pretrained` loads what yunque trains and yunque loads
+what PEFT saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from yunque.errors import YunqueError
+from yunque.fsutil import atomic_dir, read_json
+from yunque.model.hf import family_of, linear_sites
+
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for Llama-family models
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Rank, scale (alpha / r), dropout on the adapter's input, and the PEFT module names adapted."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
+            raise YunqueError(f"LoRA needs a rank of at least 1, a positive alpha, a dropout in [0, 1) and targets; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}, targets={list(self.targets)}.")
+
+
+class LoraLinear(nn.Module):
+    """A frozen linear layer plus one LoRA pair per slice of its output rows."""
+
+    def __init__(self, base: nn.Module, slices: list[tuple[str, int, int]], settings: LoraSettings) -> None:
+        super().__init__()
+        self.base, self.settings = base, settings
+        self.hf_names = [name for name, _, _ in slices]
+        self.rows = [(start, stop) for _, start, stop in slices]
+        ref = next(base.parameters(), None)
+        kind = dict(dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32, device=ref.device if ref is not None else None)
+        self.lora_A = nn.ParameterList(nn.Parameter(torch.empty(settings.r, base.in_features, **kind)) for _ in slices)
+        self.lora_B = nn.ParameterList(nn.Parameter(torch.zeros(stop - start, settings.r, **kind)) for _, start, stop in slices)
+        for a in self.lora_A:  # PEFT's initialisation: A as nn.Linear's default, B zero
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.scaling = settings.alpha / settings.r
+        self.dropout = nn.Dropout(settings.dropout) if settings.dropout else nn.Identity()
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        h = self.dropout(x).to(self.lora_A[0].dtype)
+        for (start, stop), a, b in zip(self.rows, self.lora_A, self.lora_B):
+            y[..., start:stop] += ((h @ a.t()) @ b.t() * self.scaling).to(y.dtype)
+        return y
+
+    def delta(self) -> Tensor:
+        """The weight change this adapter makes, (out, in), zero in rows it does not adapt."""
+        d = torch.zeros(self.out_features, self.in_features, dtype=self.lora_A[0].dtype, device=self.lora_A[0].device)
+        for (start, stop), a, b in zip(self.rows, self.lora_A, self.lora_B):
+            d[start:stop] = (b @ a) * self.scaling
+        return d
+
+
+def _matches(hf_name: str, target: str) -> bool:
+    return hf_name == target or hf_name.endswith("." + target)
+
+
+def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Freeze `model` and give it LoRA adapters on every module `settings.targets` names; returns it."""
+    if adapters(model):
+        raise YunqueError("This model already has LoRA adapters; merge them (yunque merge) before adding others.")
+    linear = {name: m.out_features for name, m in model.named_modules() if name.startswith("blocks.") and hasattr(m, "in_features")}
+    sites = linear_sites(model.config, linear)
+    unknown = [t for t in settings.targets if not any(_matches(s.hf_name, t) for s in sites)]
+    if unknown:
+        names = sorted({s.hf_name.rsplit(".", 1)[-1] for s in sites})
+        raise YunqueError(f"No module of this {family_of(model.config)} model is called {', '.join(unknown)}; LoRA targets here are {', '.join(names)}.")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    chosen: dict[str, list[tuple[str, int, int]]] = {}
+    for s in sites:
+        if any(_matches(s.hf_name, t) for t in settings.targets):
+            chosen.setdefault(s.module, []).append((s.hf_name, s.start, s.stop))
+    for module, slices in chosen.items():
+        parent, _, child = module.rpartition(".")
+        holder = model.get_submodule(parent)
+        setattr(holder, child, LoraLinear(getattr(holder, child), slices, settings))
+    return model
+
+
+def adapters(model: nn.Module) -> list[LoraLinear]:
+    return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def _peft_name(hf_name: str, part: str) -> str:
+    return f"base_model.model.{hf_name}.{part}.weight"
+
+
+def adapter_state(model: nn.Module) -> dict[str, Tensor]:
+    """The adapters' tensors under PEFT's names."""
+    state = {}
+    for m in adapters(model):
+        for name, a, b in zip(m.hf_names, m.lora_A, m.lora_B):
+            state[_peft_name(name, "lora_A")] = a.detach().contiguous()
+            state[_peft_name(name, "lora_B")] = b.detach().contiguous()
+    return state
+
+
+def save_adapter(model: nn.Module, path: str | Path, base_model: str = "") -> Path:
+    """Write `model`'s adapters as a PEFT adapter directory (atomically); returns its path."""
+    found = adapters(model)
+    if not found:
+        raise YunqueError("This model has no LoRA adapters to save.")
+    s = found[0].settings
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": s.r, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "target_modules": sorted(s.targets),
+        "bias": "none", "fan_in_fan_out": family_of(model.config) == "gpt2",  # GPT-2 stores Conv1D weights (in, out)
+        "inference_mode": True, "init_lora_weights": True, "use_rslora": False, "use_dora": False,
+        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+    }
+    with atomic_dir(path, overwrite=True) as tmp:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(adapter_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    return Path(path)
+
+
+def read_settings(path: str | Path) -> tuple[LoraSettings, dict[str, Any]]:
+    """The LoRA settings of a PEFT adapter directory, refusing what yunque's adapters cannot express."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise YunqueError(f"{path} is not a LoRA adapter directory: it has no {CONFIG_FILE}.")
+    config = read_json(path / CONFIG_FILE)
+    if config.get("peft_type") != "LORA":
+        raise YunqueError(f"{path} holds a {config.get('peft_type')} adapter; only LoRA adapters are supported.")
+    unsupported = [k for k in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern", "modules_to_save") if config.get(k)]
+    if config.get("bias", "none") != "none":
+        unsupported.append("bias")
+    targets = config.get("target_modules")
+    if not isinstance(targets, list):
+        unsupported.append("target_modules as a regular expression")
+    if unsupported:
+        raise YunqueError(f"The adapter in {path} uses {', '.join(unsupported)}, which yunque's LoRA does not support.")
+    return LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets)), config
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
+    """Give `model` the adapters of a PEFT adapter directory; an adapter made for another base
+    (other shapes or module names) is refused, saying which tensor differs."""
+    path = Path(path)
+    settings, _ = read_settings(path)
+    if not (path / WEIGHTS_FILE).is_file():
+        raise YunqueError(f"{path} has no {WEIGHTS_FILE}; pickled adapters (adapter_model.bin) are not loaded.")
+    try:
+        tensors = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as e:
+        raise YunqueError(f"{path / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
+    tensors = {k.replace(".default.", "."): v for k, v in tensors.items()}  # some PEFT versions keep the adapter name
+    add_lora(model, settings)
+    expected = adapter_state(model)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise YunqueError(f"The adapter in {path} was made for another base model: it {'lacks ' + missing[0] if missing else 'has ' + extra[0]} among {len(expected)} tensors this model expects.")
+    for name, want in expected.items():
+        if tensors[name].shape != want.shape:
+            raise YunqueError(f"The adapter in {path} was made for another base model: {name} is {tuple(tensors[name].shape)}, this model needs {tuple(want.shape)}.")
+    with torch.no_grad():
+        for m in adapters(model):
+            for name, a, b in zip(m.hf_names, m.lora_A, m.lora_B):
+                a.copy_(tensors[_peft_name(name, "lora_A")])
+                b.copy_(tensors[_peft_name(name, "lora_B")])
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and drop it: a plain model with the adapted outputs."""
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]:
+        if not isinstance(getattr(m.base, "weight", None), Tensor):
+            raise YunqueError("An adapter on int8 weights cannot be merged; merge it into the float base model instead.")
+        with torch.no_grad():
+            m.base.weight += m.delta().to(m.base.weight.dtype)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, m.base)
+    return model
