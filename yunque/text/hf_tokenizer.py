@@ -97,6 +97,12 @@ class LibraryTokenizer:
         hf = self._hf if allowed_special else self._plain
         return hf.encode(text, add_special_tokens=False).ids
 
+    def encode_with_offsets(self, text: str, allowed_special: Literal["all"] | Sequence[str] = ()) -> tuple[list[int], list[int]]:
+        """`encode`, and the index in `text` of the character each token starts at (the library's offsets)."""
+        ids = self.encode(text, allowed_special)  # the same checks
+        encoding = (self._hf if allowed_special else self._plain).encode(text, add_special_tokens=False)
+        return ids, [start for start, _ in encoding.offsets]
+
     def encode_batch(self, texts: Sequence[str], allowed_special: Literal["all"] | Sequence[str] = (), num_threads: int | None = None) -> list[list[int]]:
         """`encode` for many texts (the library parallelises internally; `num_threads` is not needed)."""
         hf = self._hf if allowed_special else self._plain

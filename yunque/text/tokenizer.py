@@ -340,6 +340,17 @@ class Tokenizer:
             return self._enc.encode_ordinary(text)
         return self._enc.encode(text, allowed_special=self._allowed(allowed_special), disallowed_special=())
 
+    def encode_with_offsets(self, text: str, allowed_special: AllowedSpecial = ()) -> tuple[list[int], list[int]]:
+        """`encode`, and the index in `text` of the character each token starts in (a token
+        that starts inside a character, as byte-level pieces may, gets that character's)."""
+        ids = self.encode(text, allowed_special)
+        char_at = [i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+        starts, pos = [], 0
+        for t in ids:
+            starts.append(char_at[pos] if pos < len(char_at) else len(text))
+            pos += len(self._enc.decode_single_token_bytes(t))
+        return ids, starts
+
     def encode_batch(
         self, texts: Sequence[str], allowed_special: AllowedSpecial = (), num_threads: int | None = None
     ) -> list[list[int]]:
