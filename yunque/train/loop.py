@@ -202,8 +202,6 @@ class _Run:
     make a run (train a step, log, evaluate, checkpoint, finish), each a method named for its job."""
 
     def __init__(self, cfg: TrainConfig, objective: Objective, mcfg: ModelConfig, place: Placement, resume_from: Path | None) -> None:
-        from yunque.model.transformer import Transformer
-
         self.cfg, self.objective, self.mcfg, self.place = cfg, objective, mcfg, place
         self.out = Path(cfg.out)
         self.ckpt_root = self.out / "checkpoints"
@@ -213,7 +211,7 @@ class _Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.raw = Transformer(mcfg).to(device)
+        self.raw = objective.build_model(device)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda"
         )

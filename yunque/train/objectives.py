@@ -1,8 +1,9 @@
 """What a run trains toward. An `Objective` says what a batch is, its loss, and what evaluation
 measures and reports; the loop in yunque.train.loop is the same for all of them.
 
-`NextToken` (pretraining on token shards made by `yunque data prepare`) is the first. Later
-objectives (SFT, DPO, classification heads, masked LM) implement the same protocol here.
+`NextToken` (pretraining on token shards made by `yunque data prepare`) is the first;
+`yunque.train.sft.Sft` (instruction fine-tuning) the second. Later objectives (DPO,
+classification heads, masked LM) implement the same protocol.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class Objective(Protocol):
 
     def model_config(self) -> ModelConfig:
         """The model to train, as the run's config and the data decide it."""
+
+    def build_model(self, device: torch.device) -> torch.nn.Module:
+        """The model at step 0 (fresh weights, or a pretrained model to fine-tune) on `device`."""
 
     def batch(self, step: int, index: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         """Global micro-batch `index` of `step`, on `device`; the same (step, index) always gives the same batch."""
@@ -152,6 +156,11 @@ class NextToken:
 
     def model_config(self) -> ModelConfig:
         return model_config(self.cfg, self.vocab_size, self.shards.eot_id)
+
+    def build_model(self, device: torch.device) -> torch.nn.Module:
+        from yunque.model.transformer import Transformer
+
+        return Transformer(self.model_config()).to(device)
 
     def batch(self, step: int, index: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         cfg = self.cfg
