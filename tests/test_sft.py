@@ -74,3 +74,33 @@ def test_fine_tuning_lowers_the_held_out_loss_on_answers_and_resumes_exactly(bas
     train(full, resume=True, progress=False, objective=sft_full)
     losses = lambda p: [r["train_loss"] for r in read_metrics(p) if "train_loss" in r]  # noqa: E731
     assert losses(tmp_path / "b" / "run" / "metrics.jsonl") == losses(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_yunque_finetune_trains_a_store_model_and_refuses_bad_data_in_one_sentence(base, data, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from yunque.store import entries as store
+
+    monkeypatch.setenv("YUNQUE_HOME", str(tmp_path / "home"))
+    env = dict(os.environ)
+    store.import_model(base, "tiny")
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "yunque.cli", "finetune", *args], env=env, capture_output=True, text=True, timeout=300)
+        r.stderr = " ".join(r.stderr.split())  # the console wraps long lines
+        return r
+
+    r = cli("tiny", "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "20", "--context", "96", "--batch-size", "4",
+            "--lr", "3e-3", "--log-every", "5")
+    assert r.returncode == 0, r.stderr
+    assert "held-out loss on answers" in r.stdout and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert records[-1]["val_loss"] > 0 and "answers" in records[-1]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instruction": "no answer"}) + "\n")
+    r = cli("tiny", "--data", str(bad), "--out", str(tmp_path / "bad-run"))
+    assert r.returncode == 1 and "bad.jsonl:1: the record lacks 'output'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("nope", "--data", str(data), "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "not in the store" in r.stderr

@@ -79,6 +79,49 @@ def train_command(config: Path | None, resume: bool, **flags: Any) -> None:
 train_command.__signature__ = _train_signature()
 commands.command("train")(train_command)
 
+# Fine-tuning starts from a trained model: a lower rate, fewer steps, its own run directory.
+FINETUNE_DEFAULTS = dict(out="runs/finetune", lr=1e-4, max_steps=300, warmup_steps=10, eval_every=100, checkpoint_every=100, sample_tokens=48)
+_NOT_FOR_FINETUNE = ("data", "preset", "model")  # the data is a dataset file; the model is BASE's
+
+
+def _finetune_signature() -> inspect.Signature:
+    """BASE, the dataset flags, `--config` and `--resume`, then every TrainConfig flag that applies."""
+    hints = get_type_hints(TrainConfig)
+    P = inspect.Parameter
+    own = [
+        P("base", P.POSITIONAL_OR_KEYWORD, annotation=str, default=typer.Argument(..., help="Model to fine-tune: a store name or a model directory.")),
+        P("data", P.KEYWORD_ONLY, annotation=Path, default=typer.Option(..., "--data", help="Examples: Alpaca JSON/JSONL (instruction, input, output) or chat JSONL (messages).")),
+        P("val_data", P.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(None, "--val-data", help="Held-out examples (default: a share of --data).")),
+        P("val_fraction", P.KEYWORD_ONLY, annotation=float, default=typer.Option(0.05, "--val-fraction", help="Share of --data held out when there is no --val-data.")),
+        *list(_train_signature().parameters.values())[:2],
+    ]
+    flags = [_flag(f, hints[f.name]) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FOR_FINETUNE]
+    return inspect.Signature(own + flags)
+
+
+def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction: float, config: Path | None, resume: bool, **flags: Any) -> None:
+    """Fine-tune a model on instruction examples (all its weights); the loss covers the assistant's answers only."""
+    from yunque.store import entries as store
+    from yunque.train.loop import resolve_config, train
+    from yunque.train.sft import Sft
+
+    entry = store.resolve(base)
+    cfg = resolve_config(config, resume=resume, defaults=FINETUNE_DEFAULTS, **flags)
+    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction)
+    if objective.dropped or objective.val_dropped:
+        console.print(f"[yellow]dropped[/] {objective.dropped + objective.val_dropped} examples longer than the context of {cfg.context} tokens (raise --context to keep them).")
+    result = train(cfg, resume=resume, objective=objective)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if result.interrupted:
+        console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque finetune {base} --data {data} --out {cfg.out} --resume`.")
+        raise typer.Exit(130)
+    console.print(f"[bold green]done[/]: {result.step} steps, held-out loss on answers [bold]{result.val_loss:.4f}[/]; model in {result.model_dir}", highlight=False)
+
+
+finetune_command.__signature__ = _finetune_signature()
+commands.command("finetune")(finetune_command)
+
 
 @commands.command("quickstart")
 def quickstart_command(

@@ -59,22 +59,23 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------- config
-def resolve_config(config_file: str | Path | None = None, resume: bool = False, **flags: Any) -> TrainConfig:
-    """Defaults < the resumed checkpoint's config < the TOML file < flags (None flags are ignored).
+def resolve_config(config_file: str | Path | None = None, resume: bool = False, defaults: dict[str, Any] | None = None, **flags: Any) -> TrainConfig:
+    """TrainConfig's defaults < `defaults` (a command's own, e.g. fine-tuning's) < the resumed
+    checkpoint's config < the TOML file < flags (None flags are ignored).
 
     Giving a time budget without a step count means "train until the budget is spent".
     """
     given = {k: v for k, v in flags.items() if v is not None}
     from_file = read_toml(config_file) if config_file else {}
-    base: dict[str, Any] = {}
-    out = given.get("out", from_file.get("out"))
+    base: dict[str, Any] = dict(defaults or {})
+    out = given.get("out", from_file.get("out", base.get("out")))
     if resume:
         if out is None:
             raise YunqueError("--resume needs --out (or `out` in the config file) to find the run to continue.")
         ckpt, _ = resumable_checkpoint(Path(out) / "checkpoints")
         if ckpt is None:
             raise YunqueError(f"Nothing to resume: {out} has no complete checkpoint; start the run without --resume.")
-        base = read_state(ckpt)["config"]
+        base = {**base, **read_state(ckpt)["config"]}
     merged = {**base, **from_file, **given}
     merged["model"] = {**base.get("model", {}), **from_file.get("model", {}), **given.get("model", {})}
     if "time_budget" in {**from_file, **given} and "max_steps" not in {**from_file, **given}:
