@@ -18,6 +18,7 @@ import typer
 
 from yunque.cli import quickstart as quickstart_defaults  # torch-free at import: only its defaults are read here
 from yunque.cli.output import console
+from yunque.errors import YunqueError
 from yunque.train.config import TrainConfig
 
 commands = typer.Typer()
@@ -93,21 +94,36 @@ def _finetune_signature() -> inspect.Signature:
         P("data", P.KEYWORD_ONLY, annotation=Path, default=typer.Option(..., "--data", help="Examples: Alpaca JSON/JSONL (instruction, input, output) or chat JSONL (messages).")),
         P("val_data", P.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(None, "--val-data", help="Held-out examples (default: a share of --data).")),
         P("val_fraction", P.KEYWORD_ONLY, annotation=float, default=typer.Option(0.05, "--val-fraction", help="Share of --data held out when there is no --val-data.")),
+        P("method", P.KEYWORD_ONLY, annotation=str, default=typer.Option("full", "--method", help="full (every weight) or lora (adapters on a frozen base; RUN/adapter).")),
+        P("lora_r", P.KEYWORD_ONLY, annotation=int, default=typer.Option(8, "--lora-r", help="LoRA rank.")),
+        P("lora_alpha", P.KEYWORD_ONLY, annotation=float, default=typer.Option(16.0, "--lora-alpha", help="LoRA alpha (the adapters' scale is alpha / r).")),
+        P("lora_dropout", P.KEYWORD_ONLY, annotation=float, default=typer.Option(0.05, "--lora-dropout", help="Dropout on the adapters' input.")),
+        P("lora_targets", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--lora-targets", help="Modules to adapt, PEFT's names, comma-separated (default: q_proj,v_proj; GPT-2: c_attn).")),
         *list(_train_signature().parameters.values())[:2],
     ]
     flags = [_flag(f, hints[f.name]) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FOR_FINETUNE]
     return inspect.Signature(own + flags)
 
 
-def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction: float, config: Path | None, resume: bool, **flags: Any) -> None:
-    """Fine-tune a model on instruction examples (all its weights); the loss covers the assistant's answers only."""
+def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction: float, method: str, lora_r: int, lora_alpha: float,
+                     lora_dropout: float, lora_targets: str | None, config: Path | None, resume: bool, **flags: Any) -> None:
+    """Fine-tune a model on instruction examples, all its weights or LoRA adapters; the loss covers the assistant's answers only."""
+    from yunque.model.hf import config_from_hf
+    from yunque.model.hfdir import read_config
+    from yunque.model.lora import LoraSettings, default_targets
     from yunque.store import entries as store
     from yunque.train.loop import resolve_config, train
     from yunque.train.sft import Sft
 
+    if method not in ("full", "lora"):
+        raise YunqueError(f"Unknown --method {method!r}; choose full or lora.")
     entry = store.resolve(base)
+    lora = None
+    if method == "lora":
+        targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else default_targets(config_from_hf(read_config(entry.path)))
+        lora = LoraSettings(lora_r, lora_alpha, lora_dropout, targets, base_model=str(entry.name or entry.path))
     cfg = resolve_config(config, resume=resume, defaults=FINETUNE_DEFAULTS, **flags)
-    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction)
+    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction, lora)
     if objective.dropped or objective.val_dropped:
         console.print(f"[yellow]dropped[/] {objective.dropped + objective.val_dropped} examples longer than the context of {cfg.context} tokens (raise --context to keep them).")
     result = train(cfg, resume=resume, objective=objective)
@@ -116,7 +132,8 @@ def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction:
     if result.interrupted:
         console.print(f"[yellow]interrupted[/] at step {result.step}; checkpoint saved, continue with `yunque finetune {base} --data {data} --out {cfg.out} --resume`.")
         raise typer.Exit(130)
-    console.print(f"[bold green]done[/]: {result.step} steps, held-out loss on answers [bold]{result.val_loss:.4f}[/]; model in {result.model_dir}", highlight=False)
+    what = "adapter" if lora else "model"
+    console.print(f"[bold green]done[/]: {result.step} steps, held-out loss on answers [bold]{result.val_loss:.4f}[/]; {what} in {result.model_dir}", highlight=False)
 
 
 finetune_command.__signature__ = _finetune_signature()

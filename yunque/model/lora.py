@@ -31,6 +31,12 @@ from yunque.model.hf import family_of, linear_sites
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for Llama-family models
+_FAMILY_TARGETS = {"gpt2": ("c_attn",)}  # PEFT's default for GPT-2
+
+
+def default_targets(config: Any) -> tuple[str, ...]:
+    """The modules PEFT adapts by default for this model's family."""
+    return _FAMILY_TARGETS.get(family_of(config), DEFAULT_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class LoraSettings:
     alpha: float = 16.0
     dropout: float = 0.05
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    base_model: str = ""  # the base it adapts, as the adapter's config records it
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
@@ -125,23 +132,27 @@ def adapter_state(model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def save_adapter(model: nn.Module, path: str | Path, base_model: str = "") -> Path:
+def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write `model`'s adapters as a PEFT adapter directory (atomically); returns its path."""
-    found = adapters(model)
-    if not found:
+    if not adapters(model):
         raise YunqueError("This model has no LoRA adapters to save.")
-    s = found[0].settings
+    with atomic_dir(path, overwrite=True) as tmp:
+        write_adapter_files(model, tmp)
+    return Path(path)
+
+
+def write_adapter_files(model: nn.Module, directory: Path) -> None:
+    """PEFT's two files for `model`'s adapters, into an existing directory (a checkpoint's, say)."""
+    s = adapters(model)[0].settings
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": s.base_model,
         "r": s.r, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "target_modules": sorted(s.targets),
         "bias": "none", "fan_in_fan_out": family_of(model.config) == "gpt2",  # GPT-2 stores Conv1D weights (in, out)
         "inference_mode": True, "init_lora_weights": True, "use_rslora": False, "use_dora": False,
         "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
     }
-    with atomic_dir(path, overwrite=True) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        save_file(adapter_state(model), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    return Path(path)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    save_file(adapter_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def read_settings(path: str | Path) -> tuple[LoraSettings, dict[str, Any]]:
@@ -160,14 +171,22 @@ def read_settings(path: str | Path) -> tuple[LoraSettings, dict[str, Any]]:
         unsupported.append("target_modules as a regular expression")
     if unsupported:
         raise YunqueError(f"The adapter in {path} uses {', '.join(unsupported)}, which yunque's LoRA does not support.")
-    return LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets)), config
+    settings = LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets),
+                            str(config.get("base_model_name_or_path") or ""))
+    return settings, config
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Give `model` the adapters of a PEFT adapter directory; an adapter made for another base
     (other shapes or module names) is refused, saying which tensor differs."""
-    path = Path(path)
     settings, _ = read_settings(path)
+    add_lora(model, settings)
+    return copy_adapter_weights(model, path)
+
+
+def copy_adapter_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Copy the tensors of the adapter directory `path` into `model`'s adapters (same settings)."""
+    path = Path(path)
     if not (path / WEIGHTS_FILE).is_file():
         raise YunqueError(f"{path} has no {WEIGHTS_FILE}; pickled adapters (adapter_model.bin) are not loaded.")
     try:
@@ -175,7 +194,6 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     except (SafetensorError, OSError) as e:
         raise YunqueError(f"{path / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
     tensors = {k.replace(".default.", "."): v for k, v in tensors.items()}  # some PEFT versions keep the adapter name
-    add_lora(model, settings)
     expected = adapter_state(model)
     missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or extra:

@@ -5,6 +5,8 @@ directory in Hugging Face layout (so `Transformer.from_pretrained` and `transfor
 load it), plus what resuming needs:
 
     config.json, model.safetensors, tokenizer files   the model, as save_pretrained writes it
+                                                      (a LoRA run: adapter_config.json and
+                                                      adapter_model.safetensors, PEFT's adapter)
     optimizer.safetensors + optimizer.json            AdamW moments and param groups
     rng.safetensors                                   torch CPU (and CUDA) generator states
     trainer_state.json                                step, tokens seen, elapsed time, TrainConfig
@@ -31,10 +33,13 @@ from safetensors.torch import load_file, save_file
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir
+from yunque.model.lora import adapters, copy_adapter_weights, write_adapter_files
 
 STATE_FILE = "trainer_state.json"
 # Every file `load_checkpoint` reads; each must parse (JSON) or have a complete header and length (safetensors).
-RESUME_FILES = (STATE_FILE, "optimizer.json", "config.json", "model.safetensors", "optimizer.safetensors", "rng.safetensors")
+RESUME_FILES = (STATE_FILE, "optimizer.json", "optimizer.safetensors", "rng.safetensors")
+MODEL_FILES = ("config.json", "model.safetensors")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a LoRA run saves only what trains
 _NAME = re.compile(r"^step_(\d{7,})$")
 
 
@@ -54,7 +59,10 @@ def save_checkpoint(
     """Write `root/step_NNNNNNN/` atomically, then delete all but the newest `keep_last`."""
     path = Path(root) / checkpoint_name(step)
     with atomic_dir(path, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        if adapters(model):
+            write_adapter_files(model, tmp)
+        else:
+            model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
@@ -80,10 +88,14 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Copy the weights of checkpoint `path` into `model` in place (no second model is built)."""
+    """Copy the weights of checkpoint `path` into `model` in place (no second model is built); a
+    LoRA run's checkpoint holds its adapters, copied into the model's."""
     from yunque.model.hf import load_weights_into
 
-    load_weights_into(model, path)
+    if (Path(path) / ADAPTER_FILES[0]).is_file():
+        copy_adapter_weights(model, path)
+    else:
+        load_weights_into(model, path)
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -110,7 +122,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def checkpoint_problem(path: str | Path) -> str | None:
     """Why resuming from the checkpoint `path` would fail (a file missing, unparsable or truncated), or None."""
-    for name in RESUME_FILES:
+    weights = ADAPTER_FILES if (Path(path) / ADAPTER_FILES[0]).is_file() else MODEL_FILES
+    for name in (*RESUME_FILES, *weights):
         file = Path(path) / name
         if not file.is_file():
             return f"{name} is missing"

@@ -36,6 +36,7 @@ from yunque.fsutil import atomic_dir
 from yunque.model.config import ModelConfig
 from yunque.model.device import training_bf16
 from yunque.model.hf import family_of
+from yunque.model.lora import adapters, write_adapter_files
 from yunque.train.checkpoint import discard_checkpoint, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, remove_leftovers, resumable_checkpoint, save_checkpoint
 from yunque.train.config import TrainConfig, read_toml
 from yunque.train.distributed import Placement, all_reduce_, join, launched_rank, leave
@@ -159,8 +160,8 @@ def _check_resumable(cfg: TrainConfig, saved: dict[str, Any], resume_from: Path,
         raise YunqueError(f"The run in {cfg.out} is already at step {saved['step']}; pass a larger --max-steps to train further.")
     if saved["tokenizer_fingerprint"] != fingerprint:
         raise YunqueError(
-            f"The data in {cfg.data} was made with a different tokenizer than the checkpoint in {resume_from}; "
-            "resume with the data the run started on."
+            f"The data in {cfg.data or 'this run'} was made with a different tokenizer (or other LoRA settings) than the checkpoint in "
+            f"{resume_from}; resume with the data and settings the run started with."
         )
     if saved["model_config"] != mcfg.to_dict():
         raise YunqueError(f"The model settings differ from those of the checkpoint in {resume_from}; resume without changing the model.")
@@ -377,10 +378,15 @@ class _Run:
         )
 
     def _save_final_model(self) -> Path:
-        """Write the finished model with its tokenizer to OUT/model (atomically) and plot the losses."""
-        model_dir = self.out / "model"
+        """Write the finished model with its tokenizer to OUT/model (a LoRA run: its adapter to
+        OUT/adapter, PEFT's format), atomically, and plot the losses."""
+        lora = bool(adapters(self.raw))
+        model_dir = self.out / ("adapter" if lora else "model")
         with atomic_dir(model_dir, overwrite=True) as tmp:
-            self.raw.save_pretrained(tmp)
+            if lora:
+                write_adapter_files(self.raw, tmp)
+            else:
+                self.raw.save_pretrained(tmp)
             self.objective.tokenizer.save_pretrained(tmp)
         plot_metrics(self.metrics_path, self.out / "loss.png")
         return model_dir

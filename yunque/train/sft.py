@@ -10,6 +10,7 @@ prompts. The training loop, checkpoints and exact resume are pretraining's.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from yunque.errors import YunqueError
 from yunque.model.config import ModelConfig
 from yunque.model.hf import config_from_hf
+from yunque.model.lora import LoraSettings, add_lora
 from yunque.model.hfdir import read_config
 from yunque.text.chat_template import ChatSettings
 from yunque.train.config import TrainConfig
@@ -55,18 +57,26 @@ def _padded(rows: list[Rendered], device: torch.device) -> tuple[torch.Tensor, t
 
 
 class Sft:
-    """Fine-tune the model in `base` (an HF directory with its tokenizer) on `data` under `chat`."""
+    """Fine-tune the model in `base` (an HF directory with its tokenizer) on `data` under `chat`:
+    all its weights, or with `lora` only LoRA adapters on a frozen base."""
 
     def __init__(self, cfg: TrainConfig, base: str | Path, chat: ChatSettings, data: str | Path, val_data: str | Path | None = None,
-                 val_fraction: float = 0.05) -> None:
+                 val_fraction: float = 0.05, lora: LoraSettings | None = None) -> None:
         from yunque.text.tokenizer import Tokenizer
 
         self.cfg, self.base, self.chat = cfg, Path(base), chat
+        self.lora = dataclasses.replace(lora, base_model=lora.base_model or str(self.base)) if lora else None
         self.config = config_from_hf(read_config(self.base))
         if cfg.context > self.config.max_seq_len:
             raise YunqueError(f"--context {cfg.context} is longer than the model's context of {self.config.max_seq_len}.")
+        if self.lora:  # refuse unknown targets now, on a model without memory, not after loading the weights
+            from yunque.model.transformer import Transformer
+
+            with torch.device("meta"):
+                add_lora(Transformer(self.config), self.lora)
         self.tokenizer = Tokenizer.from_pretrained(self.base)
-        self.fingerprint = self.tokenizer.fingerprint
+        # A resume must see the same tokenizer and the same adapters (or none).
+        self.fingerprint = self.tokenizer.fingerprint + (f" lora r={lora.r} targets={','.join(sorted(lora.targets))}" if lora else "")
         examples = read_examples(data)
         train, held = (examples, read_examples(val_data)) if val_data else split_examples(examples, val_fraction, cfg.seed)
         self.train_set, self.dropped = render_all(chat, self.tokenizer, train, cfg.context)
@@ -79,7 +89,8 @@ class Sft:
     def build_model(self, device: torch.device) -> torch.nn.Module:
         from yunque.model.transformer import Transformer
 
-        return Transformer.from_pretrained(self.base, dtype=torch.float32, device=device)
+        model = Transformer.from_pretrained(self.base, dtype=torch.float32, device=device)
+        return add_lora(model, self.lora) if self.lora else model
 
     def batch(self, step: int, index: int, device: torch.device) -> tuple[torch.Tensor, ...]:
         picks = torch.randint(len(self.train_set), (self.cfg.batch_size,), generator=batch_generator(self.cfg.seed, step, index))
