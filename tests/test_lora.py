@@ -137,3 +137,33 @@ def test_only_the_adapters_train_and_they_fit_a_batch(tmp_path):
     merge_lora(ours)
     changed = [n for n, p in ours.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(n.endswith(("qkv.weight", "out.weight", "fc.weight", "proj.weight")) for n in changed)
+
+
+def test_yunque_merge_writes_a_model_transformers_loads_with_the_adapted_logits(tmp_path):
+    import subprocess
+    import sys
+
+    theirs, _ = _pair("llama", tmp_path)
+    from serving import training_text
+    from yunque.text.tokenizer import Tokenizer
+
+    Tokenizer.train_from_iterator([training_text()], 300, show_progress=False).save_pretrained(tmp_path / "base")
+    adapted = peft.get_peft_model(theirs, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "down_proj"],
+                                                         task_type="CAUSAL_LM"))
+    _randomize([p for n, p in adapted.named_parameters() if "lora_B" in n])
+    adapted.save_pretrained(tmp_path / "adapter")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "yunque.cli", "merge", *map(str, a)], capture_output=True, text=True, timeout=120)  # noqa: E731
+    r = run(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    assert r.returncode == 0, r.stderr
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # the base's other files, as they are
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "base" / name).read_bytes()
+    for idx in random_batches(101):
+        assert_logits_close(_their_logits(merged, idx), _their_logits(adapted.eval(), idx))
+    r = run(tmp_path / "base", tmp_path / "adapter", tmp_path / "merged")
+    assert r.returncode == 1 and "not an empty directory" in " ".join(r.stderr.split())
+    _, gpt2 = _pair("gpt2", tmp_path / "g")
+    add_lora(gpt2, LoraSettings(targets=("c_attn",)))
+    save_adapter(gpt2, tmp_path / "gpt2-adapter")
+    r = run(tmp_path / "base", tmp_path / "gpt2-adapter", tmp_path / "other")
+    assert r.returncode == 1 and "called c_attn" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "other").exists()

@@ -149,6 +149,21 @@ def export(
 
 
 @commands.command()
+def merge(
+    base: str = typer.Argument(..., help="Base model: a store name or a model directory."),
+    adapter: Path = typer.Argument(..., help="LoRA adapter directory (PEFT's format, e.g. RUN/adapter of `yunque finetune --method lora`)."),
+    out: Path = typer.Argument(..., help="Directory to write the merged model into."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
+) -> None:
+    """Fold a LoRA adapter into its base model and write a plain Hugging Face model directory."""
+    from yunque.model.lora import merge_to_directory
+    from yunque.store.entries import resolve
+
+    merged = merge_to_directory(resolve(base).path, adapter, out, force=force)
+    console.print(f"merged {adapter} into {base}: {merged}", highlight=False, soft_wrap=True)
+
+
+@commands.command()
 def cp(src: str = typer.Argument(..., help="Existing store name."), dst: str = typer.Argument(..., help="New store name.")) -> None:
     """Copy a model to a new name (shares the weight files, no extra space)."""
     from yunque.store.entries import copy

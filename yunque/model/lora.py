@@ -219,3 +219,29 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, m.base)
     return model
+
+
+_STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+_NOT_CARRIED = {"config.json", "generation_config.json", "model.safetensors.index.json", "modelfile.json"}
+
+
+def merge_to_directory(base: str | Path, adapter: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write base + adapter as a plain model directory `out` (atomically): the merged weights in the
+    base's stored dtype, and the base's other files (tokenizer, chat template) as they are."""
+    import shutil
+
+    from yunque.model.device import stored_dtype
+    from yunque.model.hfdir import weight_files
+    from yunque.model.transformer import Transformer
+
+    base, out = Path(base), Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise YunqueError(f"{out} is not an empty directory; pass --force to replace it or choose another.")
+    weights = {p.name for p in weight_files(base)}
+    model = merge_lora(load_adapter(Transformer.from_pretrained(base), adapter))
+    with atomic_dir(out, overwrite=True) as tmp:
+        for f in base.iterdir():
+            if f.is_file() and f.name not in weights and f.name not in _NOT_CARRIED and f.suffix != ".safetensors":
+                shutil.copy2(f, tmp / f.name)
+        model.save_pretrained(tmp, dtype=_STORED.get(stored_dtype(base) or "F32", torch.float32))
+    return out
