@@ -167,3 +167,48 @@ def test_yunque_merge_writes_a_model_transformers_loads_with_the_adapted_logits(
     save_adapter(gpt2, tmp_path / "gpt2-adapter")
     r = run(tmp_path / "base", tmp_path / "gpt2-adapter", tmp_path / "other")
     assert r.returncode == 1 and "called c_attn" in r.stderr and "Traceback" not in r.stderr and not (tmp_path / "other").exists()
+
+
+def test_a_modelfile_adapter_makes_a_store_model_served_as_merged(tmp_path, monkeypatch):
+    """`FROM base` + `ADAPTER ./dir`: the entry links the base's weights and carries the adapter;
+    its ID differs, `show` and the runner honour it, export gives the merged model or the adapter."""
+    import os
+
+    from serving import training_text
+    from yunque.server.runner import load_runner
+    from yunque.store import entries as store
+    from yunque.store.modelfile import render_modelfile
+    from yunque.text.tokenizer import Tokenizer
+
+    monkeypatch.setenv("YUNQUE_HOME", str(tmp_path / "home"))
+    theirs, ours = _pair("llama", tmp_path)
+    Tokenizer.train_from_iterator([training_text()], 300, show_progress=False).save_pretrained(tmp_path / "base")
+    adapted = peft.get_peft_model(theirs, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "up_proj"], task_type="CAUSAL_LM"))
+    _randomize([p for n, p in adapted.named_parameters() if "lora_B" in n])
+    adapted.save_pretrained(tmp_path / "lora")
+    store.import_model(tmp_path / "base", "base")
+    (tmp_path / "Modelfile").write_text("FROM base\nADAPTER ./lora\nSYSTEM Be brief.\n")
+    entry = store.create("adapted", (tmp_path / "Modelfile").read_text(), base_dir=tmp_path)
+    base = store.get("base")
+    assert os.path.samefile(entry.path / "model.safetensors", base.path / "model.safetensors")  # weights not copied
+    assert (entry.path / "adapter" / "adapter_model.safetensors").is_file() and entry.digest != base.digest
+    assert "ADAPTER " in render_modelfile(store.get("adapted").settings)
+    runner = load_runner(store.get("adapted"))
+    idx = random_batches(101)[1]
+    with torch.no_grad():
+        assert_logits_close(runner.model.float()(idx), _their_logits(adapted.eval(), idx))
+    runner.scheduler.shutdown()
+    merged = store.export_model("adapted", tmp_path / "merged")
+    assert_logits_close(_their_logits(transformers.AutoModelForCausalLM.from_pretrained(merged).eval(), idx), _their_logits(adapted, idx))
+    only = store.export_model("adapted", tmp_path / "only", adapter_only=True)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in only.iterdir()} and not (only / "model.safetensors").exists()
+    store.create("copy", "FROM adapted\n")  # a model made from an adapted one keeps its adapter
+    assert (store.get("copy").path / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(YunqueError, match="already carries an adapter"):
+        store.create("twice", "FROM adapted\nADAPTER ./lora\n", base_dir=tmp_path)
+    _, gpt2 = _pair("gpt2", tmp_path / "g")
+    add_lora(gpt2, LoraSettings(targets=("c_attn",)))
+    save_adapter(gpt2, tmp_path / "gpt2-adapter")
+    with pytest.raises(YunqueError, match="called c_attn"):
+        store.create("wrong", "FROM base\nADAPTER ./gpt2-adapter\n", base_dir=tmp_path)
+    assert "wrong:latest" not in [str(e.name) for e in store.list_models()]

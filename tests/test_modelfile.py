@@ -67,7 +67,6 @@ def test_template_backslashes_are_kept_verbatim() -> None:
         ("FROM x\nPARAMETER temperature\n", 2, "needs a name and a value"),
         ("FROM x\n# ok\nFOO bar\n", 3, "unknown instruction 'FOO'"),
         ("FROM x\nMESSAGE tool hi\n", 2, "role must be one of"),
-        ("FROM x\nADAPTER ./lora\n", 2, "ADAPTER is not supported yet"),
         ("FROM x\nSYSTEM \"\"\"never\nclosed\n", 2, "never closed"),
         ("FROM x\nFROM y\n", 2, "FROM appears twice"),
         ("FROM\n", 1, "FROM needs"),

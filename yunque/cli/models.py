@@ -140,11 +140,12 @@ def export(
     name: str = typer.Argument(..., help="Store name of the model to export."),
     directory: Path = typer.Argument(..., help="Directory to write the Hugging Face model into."),
     force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="Only the model's LoRA adapter (PEFT's format), not the merged model."),
 ) -> None:
-    """Copy a store model out as a plain Hugging Face directory (config.json, *.safetensors, tokenizer files)."""
+    """Copy a store model out as a plain Hugging Face directory (config.json, *.safetensors, tokenizer files); an adapted model is merged."""
     from yunque.store.entries import export_model
 
-    out = export_model(name, directory, force=force)
+    out = export_model(name, directory, force=force, adapter_only=adapter_only)
     console.print(f"exported {name} to {out}", highlight=False, soft_wrap=True)
 
 

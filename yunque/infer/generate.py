@@ -23,6 +23,7 @@ def load(model_dir: str | Path, *, int8: bool = False, device: str = "auto", dty
     one); `int8` quantizes for the CPU's int8 kernel, so it always loads on the CPU.
     """
     from yunque.model.device import device_kind, inference_dtype, stored_dtype
+    from yunque.model.lora import apply_entry_adapter
     from yunque.model.quantize import quantize_int8
     from yunque.text.tokenizer import Tokenizer
 
@@ -30,7 +31,8 @@ def load(model_dir: str | Path, *, int8: bool = False, device: str = "auto", dty
     if not path.is_dir():
         raise YunqueError(f"Model directory {path} does not exist; give a directory with config.json, model.safetensors and tokenizer.json.")
     kind = "cpu" if int8 else device_kind(device)
-    model = Transformer.from_pretrained(path, dtype=dtype or inference_dtype(kind, stored_dtype(path)), device=kind).eval()
+    model = Transformer.from_pretrained(path, dtype=dtype or inference_dtype(kind, stored_dtype(path)), device=kind)
+    model = apply_entry_adapter(model, path).eval()  # a store entry's Modelfile ADAPTER, merged
     if int8:
         quantize_int8(model)
     return model, Tokenizer.from_pretrained(path)

@@ -184,29 +184,71 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     return copy_adapter_weights(model, path)
 
 
-def copy_adapter_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Copy the tensors of the adapter directory `path` into `model`'s adapters (same settings)."""
-    path = Path(path)
-    if not (path / WEIGHTS_FILE).is_file():
-        raise YunqueError(f"{path} has no {WEIGHTS_FILE}; pickled adapters (adapter_model.bin) are not loaded.")
-    try:
-        tensors = load_file(str(path / WEIGHTS_FILE))
-    except (SafetensorError, OSError) as e:
-        raise YunqueError(f"{path / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
-    tensors = {k.replace(".default.", "."): v for k, v in tensors.items()}  # some PEFT versions keep the adapter name
-    expected = adapter_state(model)
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+def _verify(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    """Refuse an adapter whose tensors are not exactly those this model's adapters need."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or extra:
         raise YunqueError(f"The adapter in {path} was made for another base model: it {'lacks ' + missing[0] if missing else 'has ' + extra[0]} among {len(expected)} tensors this model expects.")
     for name, want in expected.items():
-        if tensors[name].shape != want.shape:
-            raise YunqueError(f"The adapter in {path} was made for another base model: {name} is {tuple(tensors[name].shape)}, this model needs {tuple(want.shape)}.")
+        if found[name] != want:
+            raise YunqueError(f"The adapter in {path} was made for another base model: {name} is {found[name]}, this model needs {want}.")
+
+
+def _adapter_file(path: Path) -> Path:
+    if not (path / WEIGHTS_FILE).is_file():
+        raise YunqueError(f"{path} has no {WEIGHTS_FILE}; pickled adapters (adapter_model.bin) are not loaded.")
+    return path / WEIGHTS_FILE
+
+
+def _peft_key(name: str) -> str:
+    return name.replace(".default.", ".")  # some PEFT versions keep the adapter's name in the key
+
+
+def copy_adapter_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Copy the tensors of the adapter directory `path` into `model`'s adapters (same settings)."""
+    path = Path(path)
+    try:
+        tensors = {_peft_key(k): v for k, v in load_file(str(_adapter_file(path))).items()}
+    except (SafetensorError, OSError) as e:
+        raise YunqueError(f"{path / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
+    _verify(path, {k: tuple(v.shape) for k, v in adapter_state(model).items()}, {k: tuple(v.shape) for k, v in tensors.items()})
     with torch.no_grad():
         for m in adapters(model):
             for name, a, b in zip(m.hf_names, m.lora_A, m.lora_B):
                 a.copy_(tensors[_peft_name(name, "lora_A")])
                 b.copy_(tensors[_peft_name(name, "lora_B")])
     return model
+
+
+def check_adapter(model_dir: str | Path, adapter: str | Path) -> LoraSettings:
+    """Refuse an adapter that cannot apply to the model in `model_dir`, reading only config.json and
+    the adapter's headers (the model is built on the meta device); returns its settings."""
+    from safetensors import safe_open
+
+    from yunque.model.hfdir import read_config
+    from yunque.model.hf import config_from_hf
+    from yunque.model.transformer import Transformer
+
+    adapter = Path(adapter)
+    settings, _ = read_settings(adapter)
+    with torch.device("meta"):
+        model = add_lora(Transformer(config_from_hf(read_config(model_dir))), settings)
+    try:
+        with safe_open(str(_adapter_file(adapter)), framework="pt") as f:
+            found = {_peft_key(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise YunqueError(f"{adapter / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
+    _verify(adapter, {k: tuple(v.shape) for k, v in adapter_state(model).items()}, found)
+    return settings
+
+
+ADAPTER_DIR = "adapter"  # a store entry's adapter: a subdirectory, so transformers sees a plain model
+
+
+def apply_entry_adapter(model: nn.Module, model_dir: str | Path) -> nn.Module:
+    """Merge the adapter a store entry carries (`ADAPTER_DIR`), if it has one, into `model`."""
+    adapter = Path(model_dir) / ADAPTER_DIR
+    return merge_lora(load_adapter(model, adapter)) if (adapter / CONFIG_FILE).is_file() else model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

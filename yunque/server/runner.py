@@ -44,6 +44,7 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     """Load a store entry on the device and in the dtype `yunque.model.device` picks (CUDA in bf16
     when present; on a CPU, bf16 checkpoints stay bf16 where it is native, else float32) and start its scheduler."""
     from yunque.model.device import available_memory, device_kind, inference_dtype, stored_dtype
+    from yunque.model.lora import apply_entry_adapter
     from yunque.model.transformer import Transformer
     from yunque.infer.engine import Engine
     from yunque.text.tokenizer import Tokenizer
@@ -55,7 +56,7 @@ def load_runner(entry: store.ModelEntry, max_batch: int = 32, max_queue: int = 2
     dtype = inference_dtype(device, stored_dtype(entry.path))
     weights = int(entry.details.get("parameter_count") or 0) * dtype.itemsize
     check_fits(str(entry.name), weights, available_memory(device), kv_budget.total - kv_budget.used if kv_budget else 0)
-    model = Transformer.from_pretrained(entry.path, dtype=dtype, device=device).eval()
+    model = apply_entry_adapter(Transformer.from_pretrained(entry.path, dtype=dtype, device=device), entry.path).eval()  # Modelfile ADAPTER
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     scheduler = Engine(model, tokenizer, max_batch=max_batch, max_queue=max_queue, kv_budget=kv_budget)
     return Runner(model, tokenizer, scheduler, model.config.max_seq_len, size, device, default_context)

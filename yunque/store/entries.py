@@ -267,16 +267,30 @@ def import_model(src_dir: str | os.PathLike, name: str, force: bool = False) -> 
     return _write_entry(dest, lambda tmp: _copy_files(src, tmp), Modelfile(from_=str(src)), None, str(src))
 
 
+ADAPTER_DIR = "adapter"  # an entry's LoRA adapter (Modelfile ADAPTER); a subdirectory, so the model stays plain
+
+
 def _copy_files(src: Path, tmp: Path) -> None:
-    for p in sorted(src.iterdir()):
-        if _importable(p):
-            shutil.copy2(p, tmp / p.name)
+    _carry(src, tmp, shutil.copy2)
 
 
 def _link_files(src: Path, tmp: Path) -> None:
-    for p in sorted(src.iterdir()):
-        if _importable(p):
-            _link_or_copy(p, tmp / p.name)
+    _carry(src, tmp, _link_or_copy)
+
+
+def _carry(src: Path, tmp: Path, put: Callable[[Path, Path], Any]) -> None:
+    """The model's files (and its adapter's, if it carries one) from `src` into `tmp` by `put`."""
+    for folder, into in ((src, tmp), (src / ADAPTER_DIR, tmp / ADAPTER_DIR)):
+        if folder.is_dir():
+            into.mkdir(exist_ok=True)
+            for p in sorted(folder.iterdir()):
+                if _importable(p):
+                    put(p, into / p.name)
+
+
+def _adapter_digest(model_digest: str, adapter: Path) -> str:
+    """An adapted model's ID covers the base's weights and the adapter's."""
+    return "sha256:" + hashlib.sha256(f"{model_digest}\n{_sha256(adapter / 'adapter_model.safetensors')}  adapter\n".encode()).hexdigest()
 
 
 def _load_entry(name: ModelName, path: Path) -> ModelEntry:
@@ -360,11 +374,37 @@ def create(name: str, modelfile_text: str, base_dir: str | os.PathLike | None = 
         template=mf.template if mf.template is not None else inherited.template,
         messages=mf.messages or inherited.messages,
         license=mf.license or inherited.license,
+        adapter=inherited.adapter,
     )
     _check_template(ModelEntry(dest, base.path, settings))
-    if base.name:
-        return _write_entry(dest, lambda tmp: _link_files(base.path, tmp), settings, base.digest, settings.from_)
-    return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
+    adapter = _adapter_source(mf, base, base_dir)
+    if adapter is None:
+        if base.name:
+            return _write_entry(dest, lambda tmp: _link_files(base.path, tmp), settings, base.digest, settings.from_)
+        return _write_entry(dest, lambda tmp: _copy_files(base.path, tmp), settings, None, settings.from_)
+    settings.adapter = str(adapter)
+
+    def fill(tmp: Path) -> None:
+        (_link_files if base.name else _copy_files)(base.path, tmp)
+        _copy_files(adapter, tmp / ADAPTER_DIR)
+
+    digest = _adapter_digest(base.digest or weights_digest(base.path), adapter)
+    return _write_entry(dest, fill, settings, digest, settings.from_)
+
+
+def _adapter_source(mf: Modelfile, base: ModelEntry, base_dir: str | os.PathLike | None) -> Path | None:
+    """The adapter directory a Modelfile's ADAPTER names, checked against the base (None without one)."""
+    if mf.adapter is None:
+        return None
+    if (base.path / ADAPTER_DIR).is_dir():
+        raise YunqueError(f"{base.name or base.path} already carries an adapter; merge it first (`yunque merge`) to put another on top.")
+    adapter = (Path(base_dir) if base_dir is not None else Path.cwd()) / Path(mf.adapter).expanduser()
+    if not adapter.is_dir():
+        raise YunqueError(f"ADAPTER {mf.adapter}: {adapter} is not a directory; give the directory of a LoRA adapter (adapter_config.json and adapter_model.safetensors).")
+    from yunque.model.lora import check_adapter  # torch, only when an adapter is given
+
+    check_adapter(base.path, adapter)
+    return adapter.resolve()
 
 
 def chat_settings(model: ModelEntry | str | os.PathLike) -> ChatSettings:
@@ -411,17 +451,25 @@ def delete(name: str) -> None:
     _prune_empty_parents(path)
 
 
-def export_model(name: str, dest_dir: str | os.PathLike, force: bool = False) -> Path:
+def export_model(name: str, dest_dir: str | os.PathLike, force: bool = False, adapter_only: bool = False) -> Path:
     """Copy store entry `name` out to `dest_dir` as a plain Hugging Face directory (without
-    yunque's modelfile.json), atomically; a non-empty `dest_dir` is replaced only with `force`."""
+    yunque's modelfile.json), atomically; a non-empty `dest_dir` is replaced only with `force`.
+    An entry with an adapter exports merged, or (`adapter_only`) as its PEFT adapter alone."""
     entry = get(name)
+    adapter = entry.path / ADAPTER_DIR
+    if adapter_only and not adapter.is_dir():
+        raise YunqueError(f"{entry.name} carries no adapter; export it without --adapter-only.")
     dest = Path(dest_dir).expanduser()
     if dest.exists() and not dest.is_dir():
         raise YunqueError(f"{dest} is a file; give a directory to export {entry.name} into.")
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise YunqueError(f"{dest} is not empty; pass --force to replace its contents or choose an empty directory.")
+    if adapter.is_dir() and not adapter_only:
+        from yunque.model.lora import merge_to_directory  # torch, only for an adapted model
+
+        return merge_to_directory(entry.path, adapter, dest, force=True)
     with atomic_dir(dest, overwrite=True) as tmp:
-        _copy_files(entry.path, tmp)
+        _copy_files(adapter if adapter_only else entry.path, tmp)
     return dest
 
 

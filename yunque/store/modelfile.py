@@ -44,6 +44,7 @@ class Modelfile:
     template: str | None = None
     messages: list[dict[str, str]] = field(default_factory=list)
     license: list[str] = field(default_factory=list)
+    adapter: str | None = None  # a LoRA adapter directory as written (in the store: the entry's own adapter/)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class Modelfile:
             "template": self.template,
             "messages": self.messages,
             "license": self.license,
+            "adapter": self.adapter,
         }
 
     @classmethod
@@ -64,6 +66,7 @@ class Modelfile:
             template=d.get("template"),
             messages=list(d.get("messages") or []),
             license=list(d.get("license") or []),
+            adapter=d.get("adapter"),
         )
 
 
@@ -150,9 +153,14 @@ def parse_modelfile(text: str) -> Modelfile:
             else:
                 setattr(mf, word.lower(), value)
         elif word == "ADAPTER":
-            raise YunqueError(f"Modelfile line {lineno}: ADAPTER is not supported yet; merge the adapter into the weights and use FROM with the merged model.")
+            value, pos = _value(text, m.end(), lineno, word)
+            if mf.adapter is not None:
+                raise YunqueError(f"Modelfile line {lineno}: ADAPTER appears twice; a model takes one LoRA adapter (merge one first with `yunque merge`).")
+            if not value.strip():
+                raise YunqueError(f"Modelfile line {lineno}: ADAPTER needs the directory of a LoRA adapter.")
+            mf.adapter = value.strip()
         else:
-            raise YunqueError(f"Modelfile line {lineno}: unknown instruction {line.split()[0][:40]!r}; use FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE or LICENSE.")
+            raise YunqueError(f"Modelfile line {lineno}: unknown instruction {line.split()[0][:40]!r}; use FROM, ADAPTER, PARAMETER, SYSTEM, TEMPLATE, MESSAGE or LICENSE.")
         rest = text[pos : _line_end(text, pos)].strip()
         if rest:
             raise YunqueError(f"Modelfile line {line_of(pos)}: unexpected text {rest[:40]!r} after a quoted value.")
@@ -194,6 +202,8 @@ def render_modelfile(mf: Modelfile, header: str | None = None) -> str:
     """Modelfile text that `parse_modelfile` turns back into an equal `Modelfile`."""
     lines = [f"# {header}"] if header else []
     lines.append(f"FROM {mf.from_}")
+    if mf.adapter is not None:
+        lines.append(f"ADAPTER {mf.adapter}")
     if mf.template is not None:
         lines.append(f"TEMPLATE {_quote(mf.template, 'TEMPLATE')}")
     if mf.system is not None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from yunque.errors import YunqueError
 from yunque.model.config import ModelConfig
 from yunque.model.hf import config_from_hf
-from yunque.model.lora import LoraSettings, add_lora
+from yunque.model.lora import LoraSettings, add_lora, apply_entry_adapter
 from yunque.model.hfdir import read_config
 from yunque.text.chat_template import ChatSettings
 from yunque.train.config import TrainConfig
@@ -89,7 +89,7 @@ class Sft:
     def build_model(self, device: torch.device) -> torch.nn.Module:
         from yunque.model.transformer import Transformer
 
-        model = Transformer.from_pretrained(self.base, dtype=torch.float32, device=device)
+        model = apply_entry_adapter(Transformer.from_pretrained(self.base, dtype=torch.float32, device=device), self.base)
         return add_lora(model, self.lora) if self.lora else model
 
     def batch(self, step: int, index: int, device: torch.device) -> tuple[torch.Tensor, ...]:
