@@ -120,6 +120,11 @@ class Request:
         last one not yet fed). A preempted request is prefilled with these again, and samples on."""
         return self.prompt_ids + self.generated if self.generated else self.prompt_ids
 
+    @property
+    def context_length(self) -> int:
+        """len(context_ids), without building the list."""
+        return len(self.prompt_ids) + len(self.generated)
+
     def release_kv(self) -> None:
         """Give the KV reservation back to its budget (once; the request has left its batch)."""
         if self.budget is not None and self.kv_reserved:
@@ -420,9 +425,8 @@ class Batch:
             other = self.active[last]
             self.cache.swap_positions(slot, last, max(n, other.cached))
             self.cache.release(slot, other.cached)
-            for t in (self.pos, self.last, self.seen, self.counts):
-                if t is not None:
-                    t[[slot, last]] = t[[last, slot]]
+            for t in self._row_state():
+                t[[slot, last]] = t[[last, slot]]
             self.active[slot], self.active[last], slot = other, req, last
         if target != slot:
             self.cache.copy_positions(slot, target, n)
@@ -430,6 +434,10 @@ class Batch:
         self.cache.release(target, n)  # an earlier, longer occupant's positions
         self.prefixes.park(Parked(req.context_ids[:n], req.kv_reserved, req.budget))
         req.kv_reserved = 0  # the parked row holds it now
+
+    def _row_state(self) -> list[Tensor]:
+        """The per-slot tensors that move with a request's row."""
+        return [t for t in (self.pos, self.last, self.seen, self.counts) if t is not None]
 
     def preempt(self, req: Request) -> None:
         """Take `req` out of its slot to free its memory, without ending it: its KV reservation goes
@@ -447,9 +455,8 @@ class Batch:
             # copying it would commit memory the lazily committed cache never needed.
             n = self.active[last].cached
             self.cache.copy_positions(last, slot, n)
-            for t in (self.pos, self.last, self.seen, self.counts):
-                if t is not None:
-                    t[slot] = t[last]
+            for t in self._row_state():
+                t[slot] = t[last]
             self.active[slot] = self.active[last]
             self.cache.release(slot, n)
         if release:
@@ -501,11 +508,11 @@ _LOGITS_BUDGET = 1 << 25  # rows x tokens x vocab per prefill forward
 def _similar_lengths(reqs: Sequence[Request]) -> list[list[Request]]:
     """Groups to prefill together: longest first, a group grows while padding stays under a third of it."""
     groups: list[list[Request]] = []
-    for req in sorted(reqs, key=lambda r: -len(r.context_ids)):
+    for req in sorted(reqs, key=lambda r: -r.context_length):
         group = groups[-1] if groups else None
         if group is not None:
-            longest = len(group[0].context_ids)
-            real = sum(len(r.context_ids) for r in group) + len(req.context_ids)
+            longest = group[0].context_length
+            real = sum(r.context_length for r in group) + req.context_length
             if (len(group) + 1) * longest * 2 <= real * 3:
                 group.append(req)
                 continue

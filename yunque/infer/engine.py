@@ -179,7 +179,8 @@ class Engine:
         self.context = max_len or model.config.max_seq_len
         self._batch = Batch(model, max_batch, self.context, tokenizer, prompt_cache=prompt_cache)
         self.kv_budget = kv_budget
-        self.block_bytes = BLOCK * self._batch.cache.bytes_per_position()
+        self.position_bytes = self._batch.cache.bytes_per_position()  # fixed: read once, not in each step
+        self.block_bytes = BLOCK * self.position_bytes
         self._waiting: collections.deque[Request] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -232,17 +233,20 @@ class Engine:
         """KV cache memory held now: the positions the decoding requests have written, and the parked rows'."""
         return self._batch.kv_bytes + self._batch.cached_bytes
 
+    def _held(self, reserved: int, positions: int) -> int:
+        """Blocks a row holds: its reservation, or (without a budget) the blocks of what it has written."""
+        return max(reserved // self.block_bytes, blocks(positions))
+
     @property
     def kv_blocks_cached(self) -> int:
         """Blocks the prompt cache's parked rows hold (given up whenever a request needs them)."""
         prefixes = self._batch.prefixes
-        return sum(max(e.kv_reserved // self.block_bytes, blocks(len(e.tokens))) for e in prefixes.rows) if prefixes else 0
+        return sum(self._held(e.kv_reserved, len(e.tokens)) for e in prefixes.rows) if prefixes else 0
 
     @property
     def kv_blocks_used(self) -> int:
         """Blocks of `BLOCK` positions held: the decoding requests' (written, or next to be) and the parked rows'."""
-        active = sum(max(r.kv_reserved // self.block_bytes, blocks(r.cached)) for r in self._batch.active)
-        return active + self.kv_blocks_cached
+        return sum(self._held(r.kv_reserved, r.cached) for r in self._batch.active) + self.kv_blocks_cached
 
     @property
     def kv_blocks_total(self) -> int:
@@ -298,7 +302,7 @@ class Engine:
     def _reserve(self, req: Request, admitted: int, taken: list) -> bool:
         """Reserve `req`'s blocks (those of a parked row it takes over count), evicting parked rows
         as needed; when even that is not enough, ask the other engines for theirs and say no."""
-        need = blocks(len(req.context_ids) + 1) * self.block_bytes
+        need = blocks(req.context_length + 1) * self.block_bytes
         held = req.prefix[0] if req.prefix is not None else None
         headroom = (len(self._batch.active) + admitted) * self.block_bytes
         more = need - (held.kv_reserved if held is not None else 0)
@@ -326,7 +330,7 @@ class Engine:
             return []
         preempted: list[Request] = []
         for req in list(self._batch.active):  # admission order, but for the row moves of earlier departures
-            if req in preempted or (req.cached + 1) * self._batch.cache.bytes_per_position() <= req.kv_reserved:
+            if req in preempted or (req.cached + 1) * self.position_bytes <= req.kv_reserved:
                 continue
             while not self.kv_budget.try_reserve(self.block_bytes):
                 if self._batch.prefixes is not None and self._batch.prefixes.evict():

@@ -76,10 +76,9 @@ class PromptCache:
                 best, longest = entry, n
         return None if best is None else (best, longest)
 
-    def park(self, entry: Parked) -> int:
-        """Register `entry` in the next slot down (its row must be copied there); returns the slot."""
+    def park(self, entry: Parked) -> None:
+        """Register `entry` in the next slot down (its row must already be copied there)."""
         self.rows.append(entry)
-        return self.slot(entry)
 
     def hand_over(self, entry: Parked, dst: int, n: int) -> None:
         """Put `entry`'s first `n` positions in slot `dst` (the next decoding slot: free, or the lowest

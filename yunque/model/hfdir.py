@@ -19,6 +19,9 @@ from yunque.fsutil import read_json
 # Files that may run code when loaded; yunque never reads them.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 INDEX_FILE = "model.safetensors.index.json"
+# A LoRA adapter in PEFT's layout, and where a store entry keeps one: a subdirectory, because with
+# peft installed transformers loads an adapter_config.json at a model directory's top as an adapter.
+ADAPTER_CONFIG, ADAPTER_WEIGHTS, ADAPTER_DIR = "adapter_config.json", "adapter_model.safetensors", "adapter"
 
 
 def read_config(model_dir: str | Path) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, read_json
 from yunque.model.hf import family_of, linear_sites
+from yunque.model.hfdir import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS
 
-CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+CONFIG_FILE, WEIGHTS_FILE = ADAPTER_CONFIG, ADAPTER_WEIGHTS
 DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for Llama-family models
 _FAMILY_TARGETS = {"gpt2": ("c_attn",)}  # PEFT's default for GPT-2
 
@@ -155,7 +156,7 @@ def write_adapter_files(model: nn.Module, directory: Path) -> None:
     save_file(adapter_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def read_settings(path: str | Path) -> tuple[LoraSettings, dict[str, Any]]:
+def read_settings(path: str | Path) -> LoraSettings:
     """The LoRA settings of a PEFT adapter directory, refusing what yunque's adapters cannot express."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
@@ -171,16 +172,14 @@ def read_settings(path: str | Path) -> tuple[LoraSettings, dict[str, Any]]:
         unsupported.append("target_modules as a regular expression")
     if unsupported:
         raise YunqueError(f"The adapter in {path} uses {', '.join(unsupported)}, which yunque's LoRA does not support.")
-    settings = LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets),
-                            str(config.get("base_model_name_or_path") or ""))
-    return settings, config
+    return LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets),
+                        str(config.get("base_model_name_or_path") or ""))
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Give `model` the adapters of a PEFT adapter directory; an adapter made for another base
     (other shapes or module names) is refused, saying which tensor differs."""
-    settings, _ = read_settings(path)
-    add_lora(model, settings)
+    add_lora(model, read_settings(path))
     return copy_adapter_weights(model, path)
 
 
@@ -230,7 +229,7 @@ def check_adapter(model_dir: str | Path, adapter: str | Path) -> LoraSettings:
     from yunque.model.transformer import Transformer
 
     adapter = Path(adapter)
-    settings, _ = read_settings(adapter)
+    settings = read_settings(adapter)
     with torch.device("meta"):
         model = add_lora(Transformer(config_from_hf(read_config(model_dir))), settings)
     try:
@@ -240,9 +239,6 @@ def check_adapter(model_dir: str | Path, adapter: str | Path) -> LoraSettings:
         raise YunqueError(f"{adapter / WEIGHTS_FILE} is not a readable safetensors file ({e}).") from None
     _verify(adapter, {k: tuple(v.shape) for k, v in adapter_state(model).items()}, found)
     return settings
-
-
-ADAPTER_DIR = "adapter"  # a store entry's adapter: a subdirectory, so transformers sees a plain model
 
 
 def apply_entry_adapter(model: nn.Module, model_dir: str | Path) -> nn.Module:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, read_json, write_text_atomic
-from yunque.model.hfdir import PICKLE_SUFFIXES, header_stats, read_config, weight_files
+from yunque.model.hfdir import ADAPTER_DIR, ADAPTER_WEIGHTS, PICKLE_SUFFIXES, header_stats, read_config, weight_files
 from yunque.store.chat import model_chat_settings
 from yunque.store.modelfile import Modelfile, parse_modelfile
 from yunque.text.chat_template import ChatSettings
@@ -267,9 +267,6 @@ def import_model(src_dir: str | os.PathLike, name: str, force: bool = False) -> 
     return _write_entry(dest, lambda tmp: _copy_files(src, tmp), Modelfile(from_=str(src)), None, str(src))
 
 
-ADAPTER_DIR = "adapter"  # an entry's LoRA adapter (Modelfile ADAPTER); a subdirectory, so the model stays plain
-
-
 def _copy_files(src: Path, tmp: Path) -> None:
     _carry(src, tmp, shutil.copy2)
 
@@ -290,7 +287,7 @@ def _carry(src: Path, tmp: Path, put: Callable[[Path, Path], Any]) -> None:
 
 def _adapter_digest(model_digest: str, adapter: Path) -> str:
     """An adapted model's ID covers the base's weights and the adapter's."""
-    return "sha256:" + hashlib.sha256(f"{model_digest}\n{_sha256(adapter / 'adapter_model.safetensors')}  adapter\n".encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(f"{model_digest}\n{_sha256(adapter / ADAPTER_WEIGHTS)}  adapter\n".encode()).hexdigest()
 
 
 def _load_entry(name: ModelName, path: Path) -> ModelEntry:

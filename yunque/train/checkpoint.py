@@ -33,13 +33,14 @@ from safetensors.torch import load_file, save_file
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir
+from yunque.model.hfdir import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from yunque.model.lora import adapters, copy_adapter_weights, write_adapter_files
 
 STATE_FILE = "trainer_state.json"
 # Every file `load_checkpoint` reads; each must parse (JSON) or have a complete header and length (safetensors).
 RESUME_FILES = (STATE_FILE, "optimizer.json", "optimizer.safetensors", "rng.safetensors")
 MODEL_FILES = ("config.json", "model.safetensors")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")  # a LoRA run saves only what trains
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)  # a LoRA run saves only what trains
 _NAME = re.compile(r"^step_(\d{7,})$")
 
 
