@@ -212,3 +212,41 @@ def test_a_modelfile_adapter_makes_a_store_model_served_as_merged(tmp_path, monk
     with pytest.raises(YunqueError, match="called c_attn"):
         store.create("wrong", "FROM base\nADAPTER ./gpt2-adapter\n", base_dir=tmp_path)
     assert "wrong:latest" not in [str(e.name) for e in store.list_models()]
+
+
+TOKEN_ROWS = {  # model -> yunque's token-row settings and the trainable_token_indices PEFT writes for them
+    "llama-tied": ((("", (3, 7, 50)),), [3, 7, 50]),
+    "gpt2": ((("", (0, 99)),), [0, 99]),
+    "llama": ((("", (3, 7)), ("lm_head", (3, 7))), {"embed_tokens": [3, 7], "lm_head": [3, 7]}),
+}
+
+
+@pytest.mark.parametrize("name", list(TOKEN_ROWS))
+def test_trainable_token_rows_match_peft_both_ways_and_merge(name, tmp_path):
+    """Rows of the embedding (and of an untied head) train beside the adapters, in PEFT's
+    trainable-tokens format: PEFT loads them with yunque's logits, yunque loads PEFT's, merge keeps them."""
+    tokens, peft_indices = TOKEN_ROWS[name]
+    theirs, ours = _pair(name, tmp_path)
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    add_lora(ours, LoraSettings(r=2, alpha=4, dropout=0.0, targets=ALL_TARGETS[name.removesuffix("-tied")][:1], tokens=tokens))
+    trainable = [p for p in ours.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == sum(p.numel() for m in adapters(ours) for p in [*m.lora_A, *m.lora_B]) + sum(
+        len(ids) for _, ids in tokens) * ours.config.d_model
+    _randomize(trainable)
+    save_adapter(ours, tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["trainable_token_indices"] == peft_indices
+    adapted = peft.PeftModel.from_pretrained(theirs, tmp_path / "adapter").eval()
+    for idx in random_batches(101):
+        idx[:, ::2] = tokens[0][1][0]  # the trained rows are read as inputs and predicted as outputs
+        with torch.no_grad():
+            adapted_logits = ours(idx)
+            assert_logits_close(adapted_logits, _their_logits(adapted, idx))
+    adapted.save_pretrained(tmp_path / "resaved")
+    _, fresh = _pair(name, tmp_path / "fresh")
+    load_adapter(fresh, tmp_path / "resaved")  # what PEFT writes, back in yunque
+    merge_lora(fresh)
+    assert not any("token" in type(m).__name__.lower() for m in fresh.modules())
+    with torch.no_grad():
+        assert_logits_close(fresh(idx), adapted_logits)
+    changed = {n for n, p in fresh.named_parameters() if not torch.equal(p, before[n])}
+    assert {"tok_emb.weight"} <= changed

@@ -322,6 +322,13 @@ def linear_sites(config: ModelConfig, modules: dict[str, int]) -> list[LinearSit
     return sites
 
 
+def hf_module_name(config: ModelConfig, module: str) -> str:
+    """The Hugging Face name of a yunque module stored as one tensor (tok_emb -> model.embed_tokens)."""
+    name = module + ".weight"
+    groups, _, _ = _plan([name], config, FAMILIES[family_of(config)])[name]
+    return groups[0][0].removesuffix(".weight")
+
+
 def _names_list(names: list[str]) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 

@@ -10,6 +10,10 @@ product (`yunque.model.hf.linear_sites`, from the same table that loads checkpoi
 adapter directory is PEFT's own: `adapter_config.json` and `adapter_model.safetensors` with
 PEFT's tensor names, so `PeftModel.from_pretrained` loads what yunque trains and yunque loads
 what PEFT saves.
+
+An adapter may also train a few rows of the embedding (PEFT's `trainable_token_indices`): the
+template markers a base model never saw, such as the end-of-turn token that makes a chat model
+stop, have untrained rows that frozen weights would keep so. A tied LM head shares those rows.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor, nn
 
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, read_json
-from yunque.model.hf import family_of, linear_sites
+from yunque.model.hf import family_of, hf_module_name, linear_sites
 from yunque.model.hfdir import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_WEIGHTS
 
 CONFIG_FILE, WEIGHTS_FILE = ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -49,10 +53,18 @@ class LoraSettings:
     dropout: float = 0.05
     targets: tuple[str, ...] = DEFAULT_TARGETS
     base_model: str = ""  # the base it adapts, as the adapter's config records it
+    # Token rows that train too: (module, token ids) pairs; module "" is the input embedding.
+    tokens: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or not self.targets:
             raise YunqueError(f"LoRA needs a rank of at least 1, a positive alpha, a dropout in [0, 1) and targets; got r={self.r}, alpha={self.alpha}, dropout={self.dropout}, targets={list(self.targets)}.")
+
+    @property
+    def description(self) -> str:
+        """What a resumed run must match: rank, targets and trained token rows."""
+        rows = "".join(f" tokens {m or 'embedding'}={','.join(map(str, ids))}" for m, ids in self.tokens)
+        return f"lora r={self.r} targets={','.join(sorted(self.targets))}{rows}"
 
 
 class LoraLinear(nn.Module):
@@ -88,6 +100,40 @@ class LoraLinear(nn.Module):
         return d
 
 
+class TokenRows(nn.Module):
+    """A frozen embedding or LM head whose rows for a few token ids train: a parameter holds those
+    rows' values (initially the base's) and replaces them, as PEFT's trainable tokens do. A head
+    tied to a `TokenRows` embedding reads the embedding's rows."""
+
+    def __init__(self, base: nn.Module, hf_name: str, ids: tuple[int, ...], tied: TokenRows | None = None) -> None:
+        super().__init__()
+        self.base, self.hf_name, self.token_ids = base, hf_name, ids
+        self.is_head = not isinstance(base, nn.Embedding)
+        self._tied = [tied] if tied else []  # in a list, so the shared parameter is the embedding's alone
+        device = base.weight.device
+        self.register_buffer("ids", torch.tensor(ids, dtype=torch.long, device=device), persistent=False)
+        slot = torch.full((base.weight.shape[0],), -1, dtype=torch.long, device=device)
+        slot[self.ids] = torch.arange(len(ids), device=device)
+        self.register_buffer("slot", slot, persistent=False)  # token id -> its row in `rows`, or -1
+        if tied is None:
+            self.values = nn.Parameter(base.weight.detach()[self.ids].clone())
+
+    @property
+    def rows(self) -> Tensor:
+        return self._tied[0].values if self._tied else self.values
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight  # what the model reads for the dtype and device
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.is_head:
+            y = self.base(x)
+            return y.index_copy(-1, self.ids, (x @ self.rows.t().to(x.dtype)).to(y.dtype))
+        slot = self.slot[x]
+        return torch.where((slot >= 0)[..., None], self.rows[slot.clamp(min=0)].to(self.base.weight.dtype), self.base(x))
+
+
 def _matches(hf_name: str, target: str) -> bool:
     return hf_name == target or hf_name.endswith("." + target)
 
@@ -112,11 +158,42 @@ def add_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
         parent, _, child = module.rpartition(".")
         holder = model.get_submodule(parent)
         setattr(holder, child, LoraLinear(getattr(holder, child), slices, settings))
+    _add_token_rows(model, settings.tokens)
     return model
+
+
+def _add_token_rows(model: nn.Module, tokens: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+    """Wrap the embedding and LM head named in `tokens` as `TokenRows` (a tied head follows the embedding)."""
+    config = model.config
+    names = {module: hf_module_name(config, module) for module in ("tok_emb", "lm_head")}
+    wrapped: dict[str, TokenRows] = {}
+    for key, ids in tokens:
+        module = "tok_emb" if key == "" else next((m for m, hf in names.items() if _matches(hf, key)), None)
+        if module is None:
+            raise YunqueError(f"Trainable token rows go in {' or '.join(n.rsplit('.', 1)[-1] for n in names.values())}, not {key}.")
+        outside = [i for i in ids if not 0 <= i < config.vocab_size]
+        if outside or not ids:
+            raise YunqueError(f"Trainable token ids must lie in this model's vocabulary of {config.vocab_size}; got {list(ids)[:8]}.")
+        if config.tie_embeddings and module == "lm_head":
+            raise YunqueError("This model's LM head is its embedding; name trainable token rows for the embedding only.")
+        wrapped[module] = TokenRows(getattr(model, module), names[module], tuple(ids))
+    for module, rows in wrapped.items():
+        setattr(model, module, rows)
+    if config.tie_embeddings and "tok_emb" in wrapped:
+        model.lm_head = TokenRows(model.lm_head, names["lm_head"], wrapped["tok_emb"].token_ids, tied=wrapped["tok_emb"])
 
 
 def adapters(model: nn.Module) -> list[LoraLinear]:
     return [m for m in model.modules() if isinstance(m, LoraLinear)]
+
+
+def token_rows(model: nn.Module) -> list[TokenRows]:
+    """The modules whose token rows train, each once (not a tied head)."""
+    return [m for m in model.modules() if isinstance(m, TokenRows) and not m._tied]
+
+
+def _token_rows_name(hf_name: str) -> str:
+    return f"base_model.model.{hf_name}.token_adapter.trainable_tokens_delta"
 
 
 def _peft_name(hf_name: str, part: str) -> str:
@@ -130,6 +207,8 @@ def adapter_state(model: nn.Module) -> dict[str, Tensor]:
         for name, a, b in zip(m.hf_names, m.lora_A, m.lora_B):
             state[_peft_name(name, "lora_A")] = a.detach().contiguous()
             state[_peft_name(name, "lora_B")] = b.detach().contiguous()
+    for m in token_rows(model):
+        state[_token_rows_name(m.hf_name)] = m.values.detach().contiguous()
     return state
 
 
@@ -150,10 +229,26 @@ def write_adapter_files(model: nn.Module, directory: Path) -> None:
         "r": s.r, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "target_modules": sorted(s.targets),
         "bias": "none", "fan_in_fan_out": family_of(model.config) == "gpt2",  # GPT-2 stores Conv1D weights (in, out)
         "inference_mode": True, "init_lora_weights": True, "use_rslora": False, "use_dora": False,
-        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
+        "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}, "trainable_token_indices": _token_config(model),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     save_file(adapter_state(model), str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _token_config(model: nn.Module) -> list[int] | dict[str, list[int]] | None:
+    """PEFT's `trainable_token_indices`: a list for the input embedding alone, else module -> ids."""
+    rows = token_rows(model)
+    if len(rows) == 1 and not rows[0].is_head:
+        return list(rows[0].token_ids)
+    return {m.hf_name.rsplit(".", 1)[-1]: list(m.token_ids) for m in rows} or None
+
+
+def _tokens_from_config(value: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    if not value:
+        return ()
+    if isinstance(value, dict):
+        return tuple((str(k), tuple(int(i) for i in v)) for k, v in value.items())
+    return (("", tuple(int(i) for i in value)),)
 
 
 def read_settings(path: str | Path) -> LoraSettings:
@@ -173,7 +268,7 @@ def read_settings(path: str | Path) -> LoraSettings:
     if unsupported:
         raise YunqueError(f"The adapter in {path} uses {', '.join(unsupported)}, which yunque's LoRA does not support.")
     return LoraSettings(int(config["r"]), float(config["lora_alpha"]), float(config.get("lora_dropout", 0.0)), tuple(targets),
-                        str(config.get("base_model_name_or_path") or ""))
+                        str(config.get("base_model_name_or_path") or ""), _tokens_from_config(config.get("trainable_token_indices")))
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
@@ -216,6 +311,8 @@ def copy_adapter_weights(model: nn.Module, path: str | Path) -> nn.Module:
             for name, a, b in zip(m.hf_names, m.lora_A, m.lora_B):
                 a.copy_(tensors[_peft_name(name, "lora_A")])
                 b.copy_(tensors[_peft_name(name, "lora_B")])
+        for m in token_rows(model):
+            m.values.copy_(tensors[_token_rows_name(m.hf_name)])
     return model
 
 
@@ -256,6 +353,12 @@ def merge_lora(model: nn.Module) -> nn.Module:
             m.base.weight += m.delta().to(m.base.weight.dtype)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, m.base)
+    with torch.no_grad():
+        for m in token_rows(model):  # a tied head's weight is the embedding's: written once
+            m.base.weight.index_copy_(0, m.ids, m.values.to(m.base.weight.dtype))
+    for name in ("tok_emb", "lm_head"):
+        if isinstance(getattr(model, name), TokenRows):
+            setattr(model, name, getattr(model, name).base)
     return model
 
 
