@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from yunque.infer.generate import generate_ids
 from yunque.model.lora import LoraSettings, load_adapter, merge_lora
 from yunque.model.transformer import Transformer
 from yunque.train.config import TrainConfig
@@ -33,20 +32,6 @@ from yunque.train.loop import train
 from yunque.train.sft import Sft
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sft" / "alpaca_sample_2k.json"
-
-
-def stop_share(sft: Sft, model: torch.nn.Module, n: int, budget: int) -> float:
-    """Share of the first `n` held-out prompts whose greedy answer ends on an end-of-turn token within `budget`."""
-    stops = [t for t in [sft.tokenizer.token_to_id(s) for s in sft.chat.stop] + [sft.tokenizer.eot_id] if t is not None]
-    ended = 0
-    model.eval()
-    for example in sft.held[:n]:
-        first = next(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-        prompt = sft.tokenizer.encode(sft.chat.render(example.messages[:first]), allowed_special="all")[-(sft.config.max_seq_len - budget):]
-        stream = generate_ids(model, prompt, temperature=0, max_new_tokens=budget, stop_token_ids=stops)
-        list(stream)
-        ended += stream.result.finish_reason == "stop"
-    return ended / n
 
 
 def main() -> None:
@@ -75,7 +60,7 @@ def main() -> None:
         print(f"{len(sft.train_set)} training and {len(sft.val_set)} held-out examples; {sft.dropped + sft.val_dropped} over {cfg.context} tokens dropped")
         place = Placement(0, 0, 1, torch.device("cpu"))
         base = Transformer.from_pretrained(entry.path)
-        before = sft.evaluate(base, place, contextlib.nullcontext())["val_loss"], stop_share(sft, base, args.answers, args.answer_tokens)
+        before = sft.evaluate(base, place, contextlib.nullcontext())["val_loss"], sft.stop_share(base, args.answers, args.answer_tokens)
         t1 = time.perf_counter()
         train(cfg, progress=False, objective=sft)
         seconds = time.perf_counter() - t1
@@ -83,7 +68,7 @@ def main() -> None:
             tuned = Transformer.from_pretrained(Path(cfg.out) / "model")
         else:
             tuned = merge_lora(load_adapter(Transformer.from_pretrained(entry.path), Path(cfg.out) / "adapter"))
-        after = sft.evaluate(tuned, place, contextlib.nullcontext())["val_loss"], stop_share(sft, tuned, args.answers, args.answer_tokens)
+        after = sft.evaluate(tuned, place, contextlib.nullcontext())["val_loss"], sft.stop_share(tuned, args.answers, args.answer_tokens)
     print(f"\nSFT ({args.method}, lr {lr}, {args.steps} steps of 8 examples, {seconds:.0f} s):")
     print("| model | held-out loss on answers (nats/token) | answers ending on end-of-turn |")
     print("|---|---:|---:|")

@@ -90,3 +90,33 @@ def test_the_next_steps_name_the_vocabulary_size_chosen(tmp_path):
     render(report, console)
     text = console.export_text()
     assert "--vocab-size 1024" in text and "4096" not in text
+
+
+@pytest.mark.slow
+def test_quickstart_chat_fine_tunes_a_chat_model_and_compares_it(tmp_path):
+    """--chat: questions from the documentation, SFT of the pretrained model, `quickstart-chat` in
+    the store, and a before/after comparison on held-out questions (tiny budgets: the shape, not the figures)."""
+    from yunque.store.entries import chat_settings
+    from yunque.train.sft_data import read_examples
+
+    torch.set_num_threads(1)
+    run = tmp_path / "run"
+    try:
+        result = CliRunner().invoke(app, ["quickstart", "--out", str(run), "--vocab-size", "1024", "--train-seconds", "2",
+                                          "--chat", "--finetune-seconds", "3"])
+    finally:
+        torch.set_num_threads(THREADS)
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "quickstart.json").read_text())
+    chat = report["chat"]
+    examples = read_examples(run / "questions.jsonl")
+    assert chat["questions"] == len(examples) > 3000 and chat["train"] + chat["held_out"] + chat["dropped"] == len(examples)
+    assert chat["steps"] >= 1 and (run / "finetune" / "loss.png").is_file()
+    for side in ("before", "after"):
+        assert chat[side]["val_loss"] > 0 and 0 <= chat[side]["ended"] <= 1 and len(chat[side]["answers"]) == 3
+    assert chat["after"]["val_loss"] < chat["before"]["val_loss"]
+    assert report["chat_model_name"] == "quickstart-chat:latest" and "yunque run quickstart-chat:latest" in result.output
+    assert "end-of-turn" in result.output and "fine-tuned:" in result.output and chat["questions_shown"][0][:20] in result.output
+    entry = get("quickstart-chat")
+    assert "<|end|>" in chat_settings(entry).stop
+    assert Transformer.from_pretrained(entry.path).num_params() == report["train"]["parameters"]

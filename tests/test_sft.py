@@ -111,6 +111,8 @@ def test_yunque_finetune_trains_a_store_model_and_refuses_bad_data_in_one_senten
     assert adapter["target_modules"] == ["down_proj", "q_proj"] and adapter["base_model_name_or_path"] == "tiny:latest"
     r = cli("tiny", "--data", str(data), "--out", str(tmp_path / "y"), "--method", "lora", "--lora-targets", "c_attn")
     assert r.returncode == 1 and "called c_attn; LoRA targets here are" in r.stderr
+    r = cli("tiny", "--data", str(data), "--out", str(tmp_path / "t"), "--method", "lora", "--lora-tokens", "<|end|>,<|nope|>")
+    assert r.returncode == 1 and "<|nope|> is not one" in r.stderr and not (tmp_path / "t").exists()
     r = cli("tiny", "--data", str(data), "--out", str(tmp_path / "z"), "--method", "qlora")
     assert r.returncode == 1 and "choose full or lora" in r.stderr
 
@@ -137,6 +139,10 @@ def test_lora_fine_tuning_trains_only_adapters_resumes_exactly_and_peft_loads_th
     assert after["val_loss"] < 0.9 * before["val_loss"], (before["val_loss"], after["val_loss"])
     assert result.model_dir == tmp_path / "a" / "run" / "adapter" and not (tmp_path / "a" / "run" / "model").exists()
     assert not (result.model_dir / "model.safetensors").exists()  # the adapter alone, not the base's weights
+    # The template's markers (end-of-turn among them) train as token rows: frozen, they could never be learnt.
+    specials = sft.tokenizer.special_tokens
+    rows = json.loads((result.model_dir / "adapter_config.json").read_text())["trainable_token_indices"]
+    assert specials["<|end|>"] in rows and specials["<|assistant|>"] in rows and specials["<|tool|>"] not in rows
 
     half, sft_half = objective(tmp_path / "b", max_steps=80)
     train(half, progress=False, objective=sft_half)

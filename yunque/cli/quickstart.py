@@ -10,7 +10,8 @@ A run directory collects what each stage makes:
       quickstart.json   the report below, for scripts
 
 and the last stage adds the model to the local store as `quickstart`. Each stage is one
-function in `STAGES` that takes the run and fills in its part of the report.
+function in `STAGES` that takes the run and fills in its part of the report. With `chat`, the
+stages of `yunque.cli.quickstart_chat` follow: instruction fine-tuning into `quickstart-chat`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yunque.cli.quickstart_chat import CHAT_STAGES, DEFAULT_FINETUNE_SECONDS
 from yunque.text.corpus import BUILTIN_CORPUS, python_docs
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
@@ -33,7 +35,7 @@ DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_TRAIN_SECONDS = 180.0
 STORE_NAME = "quickstart"  # the trained model's name in the local store (replaced by each run)
 # What a quickstart run directory may hold; anything else means --out points at someone's files.
-RUN_ENTRIES = {"tokenizer", "data", "train", "quickstart.json"}
+RUN_ENTRIES = {"tokenizer", "data", "train", "quickstart.json", "questions.jsonl", "finetune"}
 # The model and optimizer settings of the CPU speedrun (benchmarks/cpu_speedrun.py): the best
 # bits per byte found for a few minutes of a 2-core CPU.
 TRAIN_SETTINGS = dict(
@@ -59,6 +61,7 @@ class QuickstartOptions:
     train_seconds: float = DEFAULT_TRAIN_SECONDS
     progress: bool = True
     train_progress: bool = True  # the training progress bar (a live display of its own)
+    finetune_seconds: float = DEFAULT_FINETUNE_SECONDS  # instruction fine-tuning, with chat
 
 
 @dataclass
@@ -75,6 +78,8 @@ class QuickstartReport:
     train: dict[str, Any] = field(default_factory=dict)  # steps, tokens, parameters, val loss and bpb, sample
     seconds: dict[str, float] = field(default_factory=dict)  # stage name -> wall time
     model_name: str = ""  # the model's name in the local store
+    chat: dict[str, Any] = field(default_factory=dict)  # with chat: the fine-tuning's before/after comparison
+    chat_model_name: str = ""  # with chat: the fine-tuned model's name in the store
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -91,6 +96,14 @@ class QuickstartReport:
     @property
     def model_dir(self) -> Path:
         return self.train_dir / "model"
+
+    @property
+    def questions_file(self) -> Path:
+        return self.run_dir / "questions.jsonl"
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.run_dir / "finetune"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"run_dir": str(self.run_dir)}
@@ -183,8 +196,11 @@ def quickstart(
     progress: bool = True,
     train_progress: bool | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    chat: bool = False,
+    finetune_seconds: float = DEFAULT_FINETUNE_SECONDS,
 ) -> QuickstartReport:
-    """Run every stage into `run_dir` (re-running replaces an earlier quickstart's outputs).
+    """Run every stage into `run_dir` (re-running replaces an earlier quickstart's outputs); with
+    `chat`, fine-tune the model on instructions for `finetune_seconds` too.
 
     `on_stage(name, description)` is called as each stage starts, for a progress display;
     `train_progress` (default: `progress`) shows the training progress bar.
@@ -192,15 +208,16 @@ def quickstart(
     from yunque.text.tokenizer import check_vocab_size
 
     check_vocab_size(vocab_size)
-    if train_seconds <= 0:
-        raise YunqueError(f"The training budget must be a positive number of seconds, got {train_seconds}.")
+    if train_seconds <= 0 or finetune_seconds <= 0:
+        raise YunqueError(f"The training budgets must be positive numbers of seconds, got {train_seconds} and {finetune_seconds}.")
     run_dir = Path(run_dir)
     _check_run_dir(run_dir)
     options = QuickstartOptions(
-        vocab_size=vocab_size, train_seconds=train_seconds, progress=progress, train_progress=progress if train_progress is None else train_progress
+        vocab_size=vocab_size, train_seconds=train_seconds, progress=progress, train_progress=progress if train_progress is None else train_progress,
+        finetune_seconds=finetune_seconds,
     )
     report = QuickstartReport(run_dir=run_dir)
-    for name, description, stage in STAGES:
+    for name, description, stage in STAGES + (CHAT_STAGES if chat else []):
         if on_stage:
             on_stage(name, description)
         start = time.perf_counter()

@@ -99,6 +99,7 @@ def _finetune_signature() -> inspect.Signature:
         P("lora_alpha", P.KEYWORD_ONLY, annotation=float, default=typer.Option(16.0, "--lora-alpha", help="LoRA alpha (the adapters' scale is alpha / r).")),
         P("lora_dropout", P.KEYWORD_ONLY, annotation=float, default=typer.Option(0.05, "--lora-dropout", help="Dropout on the adapters' input.")),
         P("lora_targets", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--lora-targets", help="Modules to adapt, PEFT's names, comma-separated (default: q_proj,v_proj; GPT-2: c_attn).")),
+        P("lora_tokens", P.KEYWORD_ONLY, annotation=str, default=typer.Option("auto", "--lora-tokens", help="Token rows that train with the adapters: auto (the special tokens the template writes), none, or a comma list.")),
         *list(_train_signature().parameters.values())[:2],
     ]
     flags = [_flag(f, hints[f.name]) for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FOR_FINETUNE]
@@ -106,7 +107,7 @@ def _finetune_signature() -> inspect.Signature:
 
 
 def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction: float, method: str, lora_r: int, lora_alpha: float,
-                     lora_dropout: float, lora_targets: str | None, config: Path | None, resume: bool, **flags: Any) -> None:
+                     lora_dropout: float, lora_targets: str | None, lora_tokens: str, config: Path | None, resume: bool, **flags: Any) -> None:
     """Fine-tune a model on instruction examples, all its weights or LoRA adapters; the loss covers the assistant's answers only."""
     from yunque.model.hf import config_from_hf
     from yunque.model.hfdir import read_config
@@ -123,7 +124,7 @@ def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction:
         targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else default_targets(config_from_hf(read_config(entry.path)))
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, targets, base_model=str(entry.name or entry.path))
     cfg = resolve_config(config, resume=resume, defaults=FINETUNE_DEFAULTS, **flags)
-    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction, lora)
+    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction, lora, lora_tokens)
     if objective.dropped or objective.val_dropped:
         console.print(f"[yellow]dropped[/] {objective.dropped + objective.val_dropped} examples longer than the context of {cfg.context} tokens (raise --context to keep them).")
     result = train(cfg, resume=resume, objective=objective)
@@ -145,18 +146,25 @@ def quickstart_command(
     out: Path = typer.Option(quickstart_defaults.DEFAULT_RUN_DIR, "--out", help="Run directory for everything the quickstart makes."),
     vocab_size: int = typer.Option(quickstart_defaults.DEFAULT_VOCAB_SIZE, "--vocab-size", help="Tokenizer vocabulary size."),
     train_seconds: float = typer.Option(quickstart_defaults.DEFAULT_TRAIN_SECONDS, "--train-seconds", help="Seconds to train the model for."),
+    chat: bool = typer.Option(False, "--chat", help="Then fine-tune it to answer questions about Python's standard library: a chat model, quickstart-chat."),
+    finetune_seconds: float = typer.Option(quickstart_defaults.DEFAULT_FINETUNE_SECONDS, "--finetune-seconds", help="Seconds of instruction fine-tuning (with --chat)."),
 ) -> None:
-    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model."""
+    """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model (with --chat, a chat model)."""
     from yunque.cli.quickstart import quickstart, render
+    from yunque.cli.quickstart_chat import render_chat
 
     with console.status("starting") as status:
 
         def on_stage(name: str, what: str) -> None:
-            if name == "train":  # the trainer shows its own progress bar
+            if name in ("train", "finetune"):  # the trainer shows its own progress bar
                 status.stop()
-                console.print(f"{what} for {train_seconds:.0f} s...")
+                console.print(f"{what} for {train_seconds if name == 'train' else finetune_seconds:.0f} s...")
             else:
                 status.update(f"{what}...")
+                status.start()
 
-        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage)
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage, chat=chat,
+                            finetune_seconds=finetune_seconds)
     render(report, console)
+    if chat:
+        render_chat(report, console)

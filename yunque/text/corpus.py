@@ -176,6 +176,11 @@ def _python_docs_pages() -> tuple[tuple[str, str], ...]:
     return tuple((title, text) for title, text in pages)
 
 
+def python_doc_pages() -> list[tuple[str, str]]:
+    """The built-in corpus as (title, text) pages: "topic NAME" and "module NAME" (see `python_docs`)."""
+    return list(_python_docs_pages())
+
+
 def python_docs() -> list[str]:
     """The built-in offline corpus: Python's own documentation, one document per page.
 

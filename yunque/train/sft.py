@@ -61,27 +61,48 @@ class Sft:
     all its weights, or with `lora` only LoRA adapters on a frozen base."""
 
     def __init__(self, cfg: TrainConfig, base: str | Path, chat: ChatSettings, data: str | Path, val_data: str | Path | None = None,
-                 val_fraction: float = 0.05, lora: LoraSettings | None = None) -> None:
+                 val_fraction: float = 0.05, lora: LoraSettings | None = None, lora_tokens: str = "auto") -> None:
+        """`lora_tokens`: which token rows train beside LoRA's adapters: "auto" (the special tokens
+        the rendered examples use, such as the template's markers), "none", or a comma list of tokens."""
         from yunque.text.tokenizer import Tokenizer
 
         self.cfg, self.base, self.chat = cfg, Path(base), chat
-        self.lora = dataclasses.replace(lora, base_model=lora.base_model or str(self.base)) if lora else None
         self.config = config_from_hf(read_config(self.base))
         if cfg.context > self.config.max_seq_len:
             raise YunqueError(f"--context {cfg.context} is longer than the model's context of {self.config.max_seq_len}.")
-        if self.lora:  # refuse unknown targets now, on a model without memory, not after loading the weights
-            from yunque.model.transformer import Transformer
-
-            with torch.device("meta"):
-                add_lora(Transformer(self.config), self.lora)
         self.tokenizer = Tokenizer.from_pretrained(self.base)
-        # A resume must see the same tokenizer and the same adapters (or none).
-        self.fingerprint = self.tokenizer.fingerprint + (f" lora r={lora.r} targets={','.join(sorted(lora.targets))}" if lora else "")
         examples = read_examples(data)
         train, held = (examples, read_examples(val_data)) if val_data else split_examples(examples, val_fraction, cfg.seed)
         self.train_set, self.dropped = render_all(chat, self.tokenizer, train, cfg.context)
         self.val_set, self.val_dropped = render_all(chat, self.tokenizer, held, cfg.context)
         self.held = held
+        self.lora = self._resolve_lora(lora, lora_tokens) if lora else None
+        # A resume must see the same tokenizer and the same adapters (or none).
+        self.fingerprint = self.tokenizer.fingerprint + (f" {self.lora.description}" if self.lora else "")
+
+    def _resolve_lora(self, lora: LoraSettings, tokens: str) -> LoraSettings:
+        """`lora` for this base, with its token rows, checked on a model without memory (before any weights load)."""
+        from yunque.model.transformer import Transformer
+
+        ids = self._token_ids(tokens)
+        rows = (("", ids),) + ((("lm_head", ids),) if not self.config.tie_embeddings else ()) if ids else ()
+        lora = dataclasses.replace(lora, base_model=lora.base_model or str(self.base), tokens=rows)
+        with torch.device("meta"):
+            add_lora(Transformer(self.config), lora)
+        return lora
+
+    def _token_ids(self, tokens: str) -> tuple[int, ...]:
+        if tokens == "none":
+            return ()
+        special = self.tokenizer.special_tokens
+        if tokens == "auto":
+            used = {i for r in self.train_set for i in r.ids}
+            return tuple(sorted(i for i in special.values() if i in used))
+        names = [t.strip() for t in tokens.split(",") if t.strip()]
+        unknown = [t for t in names if t not in special]
+        if unknown or not names:
+            raise YunqueError(f"--lora-tokens takes auto, none or special tokens of this tokenizer ({', '.join(sorted(special)[:8])}...); {unknown[0] if unknown else 'none given'} is not one.")
+        return tuple(sorted({special[t] for t in names}))
 
     def model_config(self) -> ModelConfig:
         return self.config
@@ -125,20 +146,32 @@ class Sft:
         record: dict[str, Any] = {"val_loss": float(sums[0] / sums[1]), "val_bpb": float(sums[0] / (math.log(2) * sums[2])),
                                   "val_tokens": int(sums[1])}
         if place.lead and self.cfg.sample_tokens:
-            record["answers"] = [self.answer(model, e) for e in self.held[:SAMPLE_PROMPTS]]
+            record["answers"] = [self.answer(model, e)[0] for e in self.held[:SAMPLE_PROMPTS]]
         model.train(was_training)
         return record
 
-    def answer(self, model: torch.nn.Module, example: Example) -> str:
-        """The model's greedy answer to the example's conversation up to its first assistant turn."""
+    def answer(self, model: torch.nn.Module, example: Example, max_tokens: int | None = None) -> tuple[str, bool]:
+        """The model's greedy answer to the example's conversation up to its first assistant turn
+        (at most `max_tokens`, default `sample_tokens`), and whether it ended on an end-of-turn token."""
         from yunque.infer.generate import generate_ids
 
+        budget = max_tokens or self.cfg.sample_tokens
         first = next(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
         prompt = self.tokenizer.encode(self.chat.render(example.messages[:first]), allowed_special="all")
         stops = [self.tokenizer.token_to_id(s) for s in self.chat.stop] + [self.tokenizer.eot_id]
-        ids = list(generate_ids(model, prompt[-(self.config.max_seq_len - self.cfg.sample_tokens):], temperature=0,
-                                max_new_tokens=self.cfg.sample_tokens, stop_token_ids=[t for t in stops if t is not None]))
-        return self.tokenizer.decode(ids)
+        stream = generate_ids(model, prompt[-(self.config.max_seq_len - budget):], temperature=0, max_new_tokens=budget,
+                              stop_token_ids=[t for t in stops if t is not None])
+        ids = list(stream)
+        return self.tokenizer.decode(ids), stream.result.finish_reason == "stop"
+
+    def stop_share(self, model: torch.nn.Module, n: int, max_tokens: int) -> float:
+        """Share of the first `n` held-out prompts whose greedy answer ends on an end-of-turn
+        token within `max_tokens`: what makes a chat model stop instead of rambling on."""
+        was_training = model.training
+        model.eval()
+        ended = sum(self.answer(model, e, max_tokens)[1] for e in self.held[:n])
+        model.train(was_training)
+        return ended / min(n, len(self.held))
 
     def report(self, record: dict[str, Any]) -> str:
         return f"val loss on the assistant's tokens {record['val_loss']:.4f}, {record['val_bpb']:.4f} bits/byte"
