@@ -122,6 +122,16 @@ def test_loss_and_backward(family):
         torch.testing.assert_close(loss, ce)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    targets[0, :6] = -100  # a masked prompt: the head runs only where a target is learnt, same loss and gradients
+    model.zero_grad()
+    full = model(idx, targets)[1]
+    full.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    none, only = model(idx, targets, loss_only=True)
+    only.backward()
+    assert none is None and torch.allclose(only, full, atol=1e-6)
+    assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(model.parameters(), grads))
 
 
 def test_load_balancing_loss_is_its_minimum_top_k_when_routing_is_uniform():

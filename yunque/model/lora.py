@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from yunque.errors import YunqueError
@@ -73,6 +74,7 @@ class LoraLinear(nn.Module):
     def __init__(self, base: nn.Module, slices: list[tuple[str, int, int]], settings: LoraSettings) -> None:
         super().__init__()
         self.base, self.settings = base, settings
+        slices = sorted(slices, key=lambda s: s[1])  # by first row, as `_b` lays them out
         self.hf_names = [name for name, _, _ in slices]
         self.rows = [(start, stop) for _, start, stop in slices]
         ref = next(base.parameters(), None)
@@ -85,19 +87,37 @@ class LoraLinear(nn.Module):
         self.dropout = nn.Dropout(settings.dropout) if settings.dropout else nn.Identity()
         self.in_features, self.out_features = base.in_features, base.out_features
 
+    def _a(self) -> Tensor:
+        """Every slice's A stacked, (slices x r, in): one product projects the input for all of them."""
+        return torch.cat(list(self.lora_A)) if len(self.lora_A) > 1 else self.lora_A[0]
+
+    def _b(self) -> Tensor:
+        """Every slice's B placed block-diagonally in (out, slices x r): slice i's rows read only its
+        own r columns, and rows of no slice are zero."""
+        r, n = self.settings.r, len(self.lora_B)
+        blocks, at = [], 0
+        kind = dict(dtype=self.lora_B[0].dtype, device=self.lora_B[0].device)
+        for slot, ((start, stop), b) in enumerate(zip(self.rows, self.lora_B)):
+            if start > at:
+                blocks.append(torch.zeros(start - at, n * r, **kind))
+            blocks.append(torch.cat([torch.zeros(stop - start, slot * r, **kind), b, torch.zeros(stop - start, (n - 1 - slot) * r, **kind)], dim=1)
+                          if n > 1 else b)
+            at = stop
+        if at < self.out_features:
+            blocks.append(torch.zeros(self.out_features - at, n * r, **kind))
+        return torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+
     def forward(self, x: Tensor) -> Tensor:
+        # Scaled at rank r, where it costs nothing, and added to the base's output by one fused
+        # product: no per-slice in-place writes for autograd to copy around.
         y = self.base(x)
-        h = self.dropout(x).to(self.lora_A[0].dtype)
-        for (start, stop), a, b in zip(self.rows, self.lora_A, self.lora_B):
-            y[..., start:stop] += ((h @ a.t()) @ b.t() * self.scaling).to(y.dtype)
-        return y
+        low = F.linear(self.dropout(x).to(self.lora_A[0].dtype), self._a()) * self.scaling
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), low.reshape(-1, low.shape[-1]).to(y.dtype), self._b().t().to(y.dtype))
+        return out.view(y.shape)
 
     def delta(self) -> Tensor:
         """The weight change this adapter makes, (out, in), zero in rows it does not adapt."""
-        d = torch.zeros(self.out_features, self.in_features, dtype=self.lora_A[0].dtype, device=self.lora_A[0].device)
-        for (start, stop), a, b in zip(self.rows, self.lora_A, self.lora_B):
-            d[start:stop] = (b @ a) * self.scaling
-        return d
+        return (self._b() @ self._a()) * self.scaling
 
 
 class TokenRows(nn.Module):

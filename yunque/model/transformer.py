@@ -337,7 +337,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         input_pos: Tensor | None = None,
         logits_at: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        loss_only: bool = False,
+    ) -> Tensor | tuple[Tensor | None, Tensor]:
         """Logits (B, T, vocab); with `targets` (B, T, -100 = ignore) also the mean loss.
 
         With `cache`, `input_pos` (B,) holds each row's start position: the call writes the
@@ -345,6 +346,8 @@ class Transformer(nn.Module):
         cached prefix plus the new tokens, causally (and within the sliding window).
         `logits_at` (B,) picks one position of each row: the logits are then (B, 1, vocab),
         and the LM head runs only there (a prefill needs only each prompt's last position).
+        `loss_only` (with `targets`) returns (None, loss) and runs the LM head only where a target
+        is learnt: fine-tuning masks the prompts, whose vocabulary-wide logits would be wasted.
         """
         step = self._plan(idx, cache, input_pos)
         if targets is not None and self.training and self.config.is_moe and self.config.router_aux_loss_coef > 0:
@@ -352,13 +355,16 @@ class Transformer(nn.Module):
         x = self._hidden(idx, step)
         if logits_at is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logits_at.to(x.device)][:, None]
+        if targets is not None and loss_only and not torch.compiler.is_compiling():  # compiled: one static shape
+            learnt = targets != -100
+            x, targets = x[learnt], targets[learnt]
         logits = self.lm_head(x)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         if step.router:
             loss = loss + self.config.router_aux_loss_coef * load_balancing_loss(step.router, self.config.n_experts)
-        return logits, loss
+        return (None if loss_only else logits), loss
 
     @torch.no_grad()
     def capture_attention(self, idx: Tensor) -> list[Tensor]:

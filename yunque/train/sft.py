@@ -118,7 +118,7 @@ class Sft:
         return _padded([self.train_set[i] for i in picks.tolist()], device)
 
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        _, loss = model(*batch)
+        _, loss = model(*batch, loss_only=True)
         return loss
 
     @torch.no_grad()
