@@ -10,8 +10,8 @@ A run directory collects what each stage makes:
       quickstart.json   the report below, for scripts
 
 and the last stage adds the model to the local store as `quickstart`. Each stage is one
-function in `STAGES` that takes the run and fills in its part of the report. With `chat`, the
-stages of `yunque.cli.quickstart_chat` follow: instruction fine-tuning into `quickstart-chat`.
+function in `STAGES` that takes the run and fills in its part of the report. `more_stages` run
+after them: `yunque.cli.quickstart_chat.CHAT_STAGES` fine-tune the model into `quickstart-chat`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yunque.cli.quickstart_chat import CHAT_STAGES, DEFAULT_FINETUNE_SECONDS
 from yunque.text.corpus import BUILTIN_CORPUS, python_docs
 from yunque.errors import YunqueError
 from yunque.fsutil import atomic_dir, write_text_atomic
@@ -33,6 +32,7 @@ from yunque.fsutil import atomic_dir, write_text_atomic
 DEFAULT_RUN_DIR = Path("runs") / "quickstart"
 DEFAULT_VOCAB_SIZE = 4096
 DEFAULT_TRAIN_SECONDS = 180.0
+DEFAULT_FINETUNE_SECONDS = 150.0  # instruction fine-tuning (yunque.cli.quickstart_chat's stages)
 STORE_NAME = "quickstart"  # the trained model's name in the local store (replaced by each run)
 # What a quickstart run directory may hold; anything else means --out points at someone's files.
 RUN_ENTRIES = {"tokenizer", "data", "train", "quickstart.json", "questions.jsonl", "finetune"}
@@ -196,11 +196,11 @@ def quickstart(
     progress: bool = True,
     train_progress: bool | None = None,
     on_stage: Callable[[str, str], None] | None = None,
-    chat: bool = False,
+    more_stages: list[Stage] | None = None,
     finetune_seconds: float = DEFAULT_FINETUNE_SECONDS,
 ) -> QuickstartReport:
-    """Run every stage into `run_dir` (re-running replaces an earlier quickstart's outputs); with
-    `chat`, fine-tune the model on instructions for `finetune_seconds` too.
+    """Run every stage, then `more_stages`, into `run_dir` (re-running replaces an earlier
+    quickstart's outputs); `finetune_seconds` is the budget of the chat stages' fine-tuning.
 
     `on_stage(name, description)` is called as each stage starts, for a progress display;
     `train_progress` (default: `progress`) shows the training progress bar.
@@ -217,7 +217,7 @@ def quickstart(
         finetune_seconds=finetune_seconds,
     )
     report = QuickstartReport(run_dir=run_dir)
-    for name, description, stage in STAGES + (CHAT_STAGES if chat else []):
+    for name, description, stage in STAGES + (more_stages or []):
         if on_stage:
             on_stage(name, description)
         start = time.perf_counter()

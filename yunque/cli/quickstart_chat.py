@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from yunque.cli.quickstart import QuickstartOptions, QuickstartReport, Stage
 from yunque.fsutil import atomic_dir, write_text_atomic
 
-if TYPE_CHECKING:
-    from yunque.cli.quickstart import QuickstartOptions, QuickstartReport
-
 CHAT_STORE_NAME = "quickstart-chat"
-DEFAULT_FINETUNE_SECONDS = 150.0
 HELD_OUT = 0.05  # share of the questions kept for the comparison
 COMPARED, ANSWER_TOKENS, SHOWN = 40, 64, 3  # held-out prompts answered before and after, their budget, answers printed
 # Full fine-tuning at a lower peak than pretraining's 3e-3: the model keeps what it read.
@@ -83,7 +80,7 @@ def save_chat_to_store(report: QuickstartReport, options: QuickstartOptions) -> 
     report.chat_model_name = str(import_model(report.finetune_dir / "model", CHAT_STORE_NAME, force=True).name)
 
 
-CHAT_STAGES = [
+CHAT_STAGES: list[Stage] = [
     ("questions", "Asking questions of Python's documentation", make_questions),
     ("finetune", "Fine-tuning the model to answer them", finetune_model),
     ("chat-store", "Adding the chat model to the store", save_chat_to_store),

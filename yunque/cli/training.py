@@ -151,7 +151,7 @@ def quickstart_command(
 ) -> None:
     """Run the pipeline on the built-in corpus (Python's own documentation), offline: tokenizer, shards, a small model (with --chat, a chat model)."""
     from yunque.cli.quickstart import quickstart, render
-    from yunque.cli.quickstart_chat import render_chat
+    from yunque.cli.quickstart_chat import CHAT_STAGES, render_chat
 
     with console.status("starting") as status:
 
@@ -163,8 +163,8 @@ def quickstart_command(
                 status.update(f"{what}...")
                 status.start()
 
-        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage, chat=chat,
-                            finetune_seconds=finetune_seconds)
+        report = quickstart(out, vocab_size, train_seconds, progress=False, train_progress=True, on_stage=on_stage,
+                            more_stages=CHAT_STAGES if chat else None, finetune_seconds=finetune_seconds)
     render(report, console)
     if chat:
         render_chat(report, console)
