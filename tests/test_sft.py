@@ -13,6 +13,7 @@ from yunque.model.transformer import Transformer
 from yunque.store.chat import model_chat_settings
 from yunque.store.modelfile import Modelfile
 from yunque.train.config import TrainConfig
+from yunque.errors import YunqueError
 from yunque.train.distributed import Placement
 from yunque.train.loop import train
 from yunque.train.metrics import read_metrics
@@ -156,3 +157,23 @@ def test_lora_fine_tuning_trains_only_adapters_resumes_exactly_and_peft_loads_th
     x = sft.batch(0, 0, torch.device("cpu"))[0]
     with torch.no_grad():
         assert_logits_close(ours(x), theirs(x).logits)
+
+
+def test_a_lora_run_can_keep_its_base_in_bf16(base, data, tmp_path):
+    """QLoRA-style: the frozen base in bfloat16 (half the weights' memory), adapters and token rows
+    in float32; it learns like the float32 run. Full fine-tuning of bf16 weights is refused."""
+    from yunque.model.lora import LoraSettings, adapters, token_rows
+
+    lora = LoraSettings(r=8, alpha=16, dropout=0.0, targets=("q_proj", "v_proj", "down_proj"))
+    cfg, _ = _objective(base, data, tmp_path / "x", max_steps=60, decay_steps=60, lr=1e-2)
+    sft = Sft(cfg, base, model_chat_settings(base, Modelfile(from_=str(base))), data, val_fraction=0.2, lora=lora, base_dtype="bfloat16")
+    model = sft.build_model(torch.device("cpu"))
+    trained = {id(p) for m in [*adapters(model), *token_rows(model)] for p in m.parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in model.parameters() if id(p) in trained)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters() if id(p) not in trained)
+    place = Placement(0, 0, 1, torch.device("cpu"))
+    before = sft.evaluate(Transformer.from_pretrained(base), place, contextlib.nullcontext())["val_loss"]
+    result = train(cfg, progress=False, objective=sft)
+    assert result.val_loss < 0.9 * before, (before, result.val_loss)
+    with pytest.raises(YunqueError, match="--base-dtype is float32 or, for --method lora, bfloat16"):
+        Sft(cfg, base, model_chat_settings(base, Modelfile(from_=str(base))), data, base_dtype="bfloat16")

@@ -99,6 +99,7 @@ def _finetune_signature() -> inspect.Signature:
         P("lora_alpha", P.KEYWORD_ONLY, annotation=float, default=typer.Option(16.0, "--lora-alpha", help="LoRA alpha (the adapters' scale is alpha / r).")),
         P("lora_dropout", P.KEYWORD_ONLY, annotation=float, default=typer.Option(0.05, "--lora-dropout", help="Dropout on the adapters' input.")),
         P("lora_targets", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--lora-targets", help="Modules to adapt, PEFT's names, comma-separated (default: q_proj,v_proj; GPT-2: c_attn).")),
+        P("base_dtype", P.KEYWORD_ONLY, annotation=str, default=typer.Option("float32", "--base-dtype", help="The frozen base's dtype in a LoRA run: float32, or bfloat16 (QLoRA-style, half the memory).")),
         P("lora_tokens", P.KEYWORD_ONLY, annotation=str, default=typer.Option("auto", "--lora-tokens", help="Token rows that train with the adapters: auto (the special tokens the template writes), none, or a comma list.")),
         *list(_train_signature().parameters.values())[:2],
     ]
@@ -107,7 +108,7 @@ def _finetune_signature() -> inspect.Signature:
 
 
 def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction: float, method: str, lora_r: int, lora_alpha: float,
-                     lora_dropout: float, lora_targets: str | None, lora_tokens: str, config: Path | None, resume: bool, **flags: Any) -> None:
+                     lora_dropout: float, lora_targets: str | None, base_dtype: str, lora_tokens: str, config: Path | None, resume: bool, **flags: Any) -> None:
     """Fine-tune a model on instruction examples, all its weights or LoRA adapters; the loss covers the assistant's answers only."""
     from yunque.model.hf import config_from_hf
     from yunque.model.hfdir import read_config
@@ -124,7 +125,7 @@ def finetune_command(base: str, data: Path, val_data: Path | None, val_fraction:
         targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip()) if lora_targets else default_targets(config_from_hf(read_config(entry.path)))
         lora = LoraSettings(lora_r, lora_alpha, lora_dropout, targets, base_model=str(entry.name or entry.path))
     cfg = resolve_config(config, resume=resume, defaults=FINETUNE_DEFAULTS, **flags)
-    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction, lora, lora_tokens)
+    objective = Sft(cfg, entry.path, store.chat_settings(entry), data, val_data, val_fraction, lora, lora_tokens, base_dtype)
     if objective.dropped or objective.val_dropped:
         console.print(f"[yellow]dropped[/] {objective.dropped + objective.val_dropped} examples longer than the context of {cfg.context} tokens (raise --context to keep them).")
     result = train(cfg, resume=resume, objective=objective)

@@ -78,7 +78,9 @@ class LoraLinear(nn.Module):
         self.hf_names = [name for name, _, _ in slices]
         self.rows = [(start, stop) for _, start, stop in slices]
         ref = next(base.parameters(), None)
-        kind = dict(dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32, device=ref.device if ref is not None else None)
+        # float32 whatever the base's dtype (as PEFT's autocast_adapter_dtype): a bf16 base saves
+        # memory, and the trained weights and their optimizer state keep full precision.
+        kind = dict(dtype=torch.float32, device=ref.device if ref is not None else None)
         self.lora_A = nn.ParameterList(nn.Parameter(torch.empty(settings.r, base.in_features, **kind)) for _ in slices)
         self.lora_B = nn.ParameterList(nn.Parameter(torch.zeros(stop - start, settings.r, **kind)) for _, start, stop in slices)
         for a in self.lora_A:  # PEFT's initialisation: A as nn.Linear's default, B zero
@@ -136,7 +138,7 @@ class TokenRows(nn.Module):
         slot[self.ids] = torch.arange(len(ids), device=device)
         self.register_buffer("slot", slot, persistent=False)  # token id -> its row in `rows`, or -1
         if tied is None:
-            self.values = nn.Parameter(base.weight.detach()[self.ids].clone())
+            self.values = nn.Parameter(base.weight.detach()[self.ids].float())  # float32, as the adapters
 
     @property
     def rows(self) -> Tensor:

@@ -361,7 +361,7 @@ class Transformer(nn.Module):
         logits = self.lm_head(x)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         if step.router:
             loss = loss + self.config.router_aux_loss_coef * load_balancing_loss(step.router, self.config.n_experts)
         return (None if loss_only else logits), loss

@@ -31,6 +31,7 @@ from yunque.train.objectives import batch_generator
 from yunque.train.sft_data import Example, Rendered, read_examples, render_all
 
 IGNORE = -100
+_BASE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SAMPLE_PROMPTS = 2
 
 
@@ -61,12 +62,17 @@ class Sft:
     all its weights, or with `lora` only LoRA adapters on a frozen base."""
 
     def __init__(self, cfg: TrainConfig, base: str | Path, chat: ChatSettings, data: str | Path, val_data: str | Path | None = None,
-                 val_fraction: float = 0.05, lora: LoraSettings | None = None, lora_tokens: str = "auto") -> None:
+                 val_fraction: float = 0.05, lora: LoraSettings | None = None, lora_tokens: str = "auto", base_dtype: str = "float32") -> None:
         """`lora_tokens`: which token rows train beside LoRA's adapters: "auto" (the special tokens
-        the rendered examples use, such as the template's markers), "none", or a comma list of tokens."""
+        the rendered examples use, such as the template's markers), "none", or a comma list of tokens.
+        `base_dtype` "bfloat16" keeps a LoRA run's frozen base in bf16 (QLoRA-style: half the
+        weights' memory; the adapters stay float32)."""
         from yunque.text.tokenizer import Tokenizer
 
         self.cfg, self.base, self.chat = cfg, Path(base), chat
+        if base_dtype not in _BASE_DTYPES or (base_dtype != "float32" and lora is None):
+            raise YunqueError(f"--base-dtype is float32 or, for --method lora, bfloat16; got {base_dtype} with {'lora' if lora else 'full'} fine-tuning.")
+        self.base_dtype = _BASE_DTYPES[base_dtype]
         self.config = config_from_hf(read_config(self.base))
         if cfg.context > self.config.max_seq_len:
             raise YunqueError(f"--context {cfg.context} is longer than the model's context of {self.config.max_seq_len}.")
@@ -78,7 +84,7 @@ class Sft:
         self.held = held
         self.lora = self._resolve_lora(lora, lora_tokens) if lora else None
         # A resume must see the same tokenizer and the same adapters (or none).
-        self.fingerprint = self.tokenizer.fingerprint + (f" {self.lora.description}" if self.lora else "")
+        self.fingerprint = self.tokenizer.fingerprint + (f" {self.lora.description} base {base_dtype}" if self.lora else "")
 
     def _resolve_lora(self, lora: LoraSettings, tokens: str) -> LoraSettings:
         """`lora` for this base, with its token rows, checked on a model without memory (before any weights load)."""
@@ -110,7 +116,7 @@ class Sft:
     def build_model(self, device: torch.device) -> torch.nn.Module:
         from yunque.model.transformer import Transformer
 
-        model = apply_entry_adapter(Transformer.from_pretrained(self.base, dtype=torch.float32, device=device), self.base)
+        model = apply_entry_adapter(Transformer.from_pretrained(self.base, dtype=self.base_dtype, device=device), self.base)
         return add_lora(model, self.lora) if self.lora else model
 
     def batch(self, step: int, index: int, device: torch.device) -> tuple[torch.Tensor, ...]:
