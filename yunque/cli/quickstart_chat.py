@@ -51,6 +51,8 @@ def _compare(sft: Any, model: Any) -> dict[str, Any]:
 
 def finetune_model(report: QuickstartReport, options: QuickstartOptions) -> None:
     """Fine-tune the pretrained model on the questions for `finetune_seconds` into run_dir/finetune."""
+    from yunque.model.hf import config_from_hf
+    from yunque.model.hfdir import read_config
     from yunque.model.transformer import Transformer
     from yunque.store.chat import model_chat_settings
     from yunque.store.modelfile import Modelfile
@@ -60,7 +62,7 @@ def finetune_model(report: QuickstartReport, options: QuickstartOptions) -> None
 
     base = report.model_dir
     with atomic_dir(report.finetune_dir, overwrite=True) as tmp:
-        context = Transformer.from_pretrained(base).config.max_seq_len
+        context = config_from_hf(read_config(base)).max_seq_len  # from config.json: no weights loaded for it
         cfg = TrainConfig(out=str(tmp), max_steps=None, time_budget=options.finetune_seconds, context=context, eval_every=0,
                           eval_seconds=options.finetune_seconds / 3, checkpoint_every=0, keep_last=1, sample_tokens=48, **FINETUNE_SETTINGS)
         sft = Sft(cfg, base, model_chat_settings(base, Modelfile(from_=str(base))), report.questions_file, val_fraction=HELD_OUT)
