@@ -177,3 +177,32 @@ def test_a_lora_run_can_keep_its_base_in_bf16(base, data, tmp_path):
     assert result.val_loss < 0.9 * before, (before, result.val_loss)
     with pytest.raises(YunqueError, match="--base-dtype is float32 or, for --method lora, bfloat16"):
         Sft(cfg, base, model_chat_settings(base, Modelfile(from_=str(base))), data, base_dtype="bfloat16")
+
+
+@pytest.mark.slow
+def test_torchrun_lora_fine_tuning_matches_one_process_with_the_same_global_batch(base, data, tmp_path):
+    """Data-parallel SFT: two torchrun ranks with batch 2 take the same steps as one process with
+    batch 2 × 2 micro-steps; adapters and token rows all get gradients on every rank."""
+    import os
+    import subprocess
+    import sys
+
+    steps = 4
+    common = ["finetune", str(base), "--data", str(data), "--method", "lora", "--lora-dropout", "0", "--max-steps", str(steps),
+              "--warmup-steps", "1", "--context", "96", "--batch-size", "2", "--lr", "1e-2", "--log-every", "1",
+              "--eval-every", "0", "--checkpoint-every", "0", "--seed", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "yunque.cli", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "yunque.cli",
+                          *common, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    losses = lambda run: [(r["step"], r["train_loss"]) for r in read_metrics(tmp_path / run / "metrics.jsonl") if "train_loss" in r]  # noqa: E731
+    assert [s for s, _ in losses("one")] == [s for s, _ in losses("two")] == list(range(1, steps + 1))
+    for (_, a), (_, b) in zip(losses("one"), losses("two")):
+        assert a == pytest.approx(b, rel=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("one", "two"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-6) for k in a)
