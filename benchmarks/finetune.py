@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/finetune.py                       # full fine-tuning
     .venv/bin/python benchmarks/finetune.py --method lora         # LoRA adapters on the frozen model
+    .venv/bin/python benchmarks/finetune.py --method lora --base-dtype bfloat16   # QLoRA-style bf16 base
     .venv/bin/python benchmarks/finetune.py --pretrain-seconds 300 --steps 400
 
 1. `yunque quickstart` pretrains a small model on Python's documentation (offline) for
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--pretrain-seconds", type=float, default=180)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--method", choices=["full", "lora"], default="full")
+    ap.add_argument("--base-dtype", choices=["float32", "bfloat16"], default="float32", help="the frozen base's dtype (lora only)")
     ap.add_argument("--lr", type=float, default=None, help="default: 1e-3 full, 3e-3 lora")
     ap.add_argument("--answers", type=int, default=40, help="held-out prompts answered before and after")
     ap.add_argument("--answer-tokens", type=int, default=96)
@@ -56,7 +58,7 @@ def main() -> None:
         cfg = TrainConfig(out=str(Path(tmp) / "sft"), max_steps=args.steps, batch_size=8, context=int(entry.details["context_length"]), lr=lr, warmup_steps=min(20, args.steps // 10),
                           eval_every=0, checkpoint_every=0, sample_tokens=0, seed=1)
         lora = LoraSettings(r=16, alpha=32, dropout=0.05, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")) if args.method == "lora" else None
-        sft = Sft(cfg, entry.path, store.chat_settings(entry), DATA, lora=lora)
+        sft = Sft(cfg, entry.path, store.chat_settings(entry), DATA, lora=lora, base_dtype=args.base_dtype)
         print(f"{len(sft.train_set)} training and {len(sft.val_set)} held-out examples; {sft.dropped + sft.val_dropped} over {cfg.context} tokens dropped")
         place = Placement(0, 0, 1, torch.device("cpu"))
         base = Transformer.from_pretrained(entry.path)
@@ -69,7 +71,7 @@ def main() -> None:
         else:
             tuned = merge_lora(load_adapter(Transformer.from_pretrained(entry.path), Path(cfg.out) / "adapter"))
         after = sft.evaluate(tuned, place, contextlib.nullcontext())["val_loss"], sft.stop_share(tuned, args.answers, args.answer_tokens)
-    print(f"\nSFT ({args.method}, lr {lr}, {args.steps} steps of 8 examples, {seconds:.0f} s):")
+    print(f"\nSFT ({args.method}, base {args.base_dtype}, lr {lr}, {args.steps} steps of 8 examples, {seconds:.0f} s):")
     print("| model | held-out loss on answers (nats/token) | answers ending on end-of-turn |")
     print("|---|---:|---:|")
     print(f"| pretrained | {before[0]:.3f} | {before[1]:.0%} |")
